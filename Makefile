@@ -1,0 +1,60 @@
+# partitiond — every target does its own set-up on a fresh Debian machine (root or not).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: help test lint typecheck check demo bench bench-sim torture postgres-server clean
+
+help:
+	@echo "make demo       run partitiond's main job against a throwaway local PostgreSQL with demo traffic"
+	@echo "make test       set up everything and run the test suite against a real PostgreSQL"
+	@echo "make lint       ruff + mypy --strict"
+	@echo "make bench      hot-path and discovery benchmarks (real PostgreSQL)"
+	@echo "make bench-sim  runway simulation: cold-path hits per policy over a simulated week"
+	@echo "make torture    minutes-long concurrency torture run"
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "partitiond needs Python >= 3.11")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $@
+
+# The server binaries come from Debian's `postgresql` package; install them when missing and we are root.
+postgres-server:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 \
+	    || [ -n "$$PARTITIOND_PG_BINDIR" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then \
+	    echo "PostgreSQL server binaries missing: installing Debian's postgresql package"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	else \
+	    echo "PostgreSQL server binaries (initdb, pg_ctl) are missing." >&2; \
+	    echo "Install them with:  sudo apt-get install postgresql   (or set PARTITIOND_PG_BINDIR)" >&2; \
+	    exit 1; \
+	fi
+
+test: $(STAMP) postgres-server
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check partitiond tests bench
+	$(BIN)/ruff format --check partitiond tests bench
+	$(BIN)/mypy
+
+demo: $(STAMP) postgres-server
+	$(BIN)/partitiond demo $(DEMO_ARGS)
+
+bench: $(STAMP) postgres-server
+	$(BIN)/python bench/hotpath.py $(BENCH_ARGS)
+	$(BIN)/python bench/discovery.py $(BENCH_ARGS)
+
+bench-sim: $(STAMP)
+	$(BIN)/python bench/runway_sim.py $(SIM_ARGS)
+
+torture: $(STAMP) postgres-server
+	PARTITIOND_TORTURE_SECONDS=$${PARTITIOND_TORTURE_SECONDS:-300} $(BIN)/pytest tests/test_torture.py $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist

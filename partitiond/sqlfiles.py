@@ -1,0 +1,64 @@
+"""The SQL partitiond ships, and how it is put into a database.
+
+The ``.sql`` files are package data (``sql/`` at the top of a checkout, ``partitiond/sql`` inside a wheel),
+never strings in Python.  They use unqualified names: the installer points ``search_path`` at the target
+schema for one transaction, and every function pins that path with ``SET search_path FROM CURRENT``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+# Bump whenever anything under sql/functions/ changes; run/check compare it with the installed marker.
+SQL_VERSION = 1
+VERSION_MARKER = f"partitiond sql-version {SQL_VERSION}"
+ENSURE_SIGNATURE = "ensure_gateway_parts_v4(integer, bigint, bigint)"
+
+
+def sql_root() -> Path:
+    """Directory holding ``schema/`` and ``functions/``: inside the wheel, else the source checkout."""
+    packaged = Path(__file__).parent / "sql"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "sql"
+
+
+def _read_dir(name: str) -> str:
+    files = sorted((sql_root() / name).glob("*.sql"))
+    if not files:
+        raise FileNotFoundError(f"no SQL files under {sql_root() / name}")
+    return "\n".join(f.read_text(encoding="utf-8") for f in files)
+
+
+def functions_script() -> str:
+    """The v4 function family plus its version marker, as one script (what ``install-sql --print`` shows)."""
+    marker = sql.SQL("COMMENT ON FUNCTION {sig} IS {marker};").format(
+        sig=sql.SQL(ENSURE_SIGNATURE), marker=sql.Literal(VERSION_MARKER)
+    )
+    return _read_dir("functions") + "\n" + marker.as_string()
+
+
+def schema_script() -> str:
+    """The xmtpd-shaped tables and legacy v3 functions: tests and the demo only, never production."""
+    return _read_dir("schema")
+
+
+def _apply(conn: psycopg.Connection[object], script: str, schema: str) -> None:
+    with conn.transaction():
+        conn.execute(
+            "SELECT set_config('search_path', quote_ident(%s) || ', pg_temp', true)", [schema]
+        )
+        conn.execute(script.encode())  # type: ignore[call-overload]
+
+
+def install_functions(conn: psycopg.Connection[object], schema: str = "public") -> None:
+    """Install or upgrade the function family idempotently, in one transaction."""
+    _apply(conn, functions_script(), schema)
+
+
+def install_schema(conn: psycopg.Connection[object], schema: str = "public") -> None:
+    """Create the xmtpd-shaped tables (test/demo databases only)."""
+    _apply(conn, schema_script(), schema)
