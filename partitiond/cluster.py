@@ -46,9 +46,7 @@ def find_bindir() -> Path:
         candidates.append(Path(override))
     if pg_config := shutil.which("pg_config"):
         with contextlib.suppress(subprocess.CalledProcessError, OSError):
-            out = subprocess.run(
-                [pg_config, "--bindir"], check=True, capture_output=True, text=True
-            ).stdout
+            out = subprocess.run([pg_config, "--bindir"], check=True, capture_output=True, text=True).stdout
             candidates.append(Path(out.strip()))
     debian = sorted(
         Path("/usr/lib/postgresql").glob("*/bin"),
@@ -102,9 +100,7 @@ class LocalCluster:
         return argv
 
     def _run(self, argv: list[str]) -> None:
-        proc = subprocess.run(
-            self._as_server_user(argv), capture_output=True, text=True, check=False
-        )
+        proc = subprocess.run(self._as_server_user(argv), capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise ClusterError(f"{Path(argv[0]).name} failed ({proc.returncode}): {proc.stderr.strip()}")
 
@@ -116,10 +112,13 @@ class LocalCluster:
         self._run(
             [
                 str(self.bindir / "initdb"),
-                "-D", str(self.data_dir),
-                "-U", self.user,
+                "-D",
+                str(self.data_dir),
+                "-U",
+                self.user,
                 "--auth=trust",
-                "-E", "UTF8",
+                "-E",
+                "UTF8",
                 "--locale=C",
                 "--no-sync",
             ]
@@ -137,10 +136,15 @@ class LocalCluster:
         self._run(
             [
                 str(self.bindir / "pg_ctl"),
-                "-D", str(self.data_dir),
-                "-l", str(self.log_file),
-                "-o", opts,
-                "-w", "-t", "60",
+                "-D",
+                str(self.data_dir),
+                "-l",
+                str(self.log_file),
+                "-o",
+                opts,
+                "-w",
+                "-t",
+                "60",
                 "start",
             ]
         )
@@ -168,7 +172,7 @@ def throwaway_cluster(parent: Path | None = None, prefix: str = "partitiond-pg-"
     """Create, start and always remove a cluster, even when the body raises or is interrupted."""
     bindir = find_bindir()
     base = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
-    os.chmod(base, 0o755)
+    os.chmod(base, 0o755)  # noqa: S103 -- the postgres OS user must reach its data dir inside
     cluster = LocalCluster(base_dir=base, port=free_port(), bindir=bindir)
     try:
         cluster.init()

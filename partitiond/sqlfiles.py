@@ -33,12 +33,17 @@ def _read_dir(name: str) -> str:
     return "\n".join(f.read_text(encoding="utf-8") for f in files)
 
 
-def functions_script() -> str:
-    """The v4 function family plus its version marker, as one script (what ``install-sql --print`` shows)."""
+def _functions_body() -> str:
     marker = sql.SQL("COMMENT ON FUNCTION {sig} IS {marker};").format(
         sig=sql.SQL(ENSURE_SIGNATURE), marker=sql.Literal(VERSION_MARKER)
     )
     return _read_dir("functions") + "\n" + marker.as_string()
+
+
+def functions_script(schema: str = "public") -> str:
+    """The whole install as a DBA would apply it with psql: one transaction, search_path set for it."""
+    path = sql.SQL("SET LOCAL search_path = {}, pg_temp;").format(sql.Identifier(schema)).as_string()
+    return f"BEGIN;\n{path}\n{_functions_body()}\nCOMMIT;\n"
 
 
 def schema_script() -> str:
@@ -48,15 +53,13 @@ def schema_script() -> str:
 
 def _apply(conn: psycopg.Connection[object], script: str, schema: str) -> None:
     with conn.transaction():
-        conn.execute(
-            "SELECT set_config('search_path', quote_ident(%s) || ', pg_temp', true)", [schema]
-        )
-        conn.execute(script.encode())  # type: ignore[call-overload]
+        conn.execute("SELECT set_config('search_path', quote_ident(%s) || ', pg_temp', true)", [schema])
+        conn.execute(script.encode())
 
 
 def install_functions(conn: psycopg.Connection[object], schema: str = "public") -> None:
     """Install or upgrade the function family idempotently, in one transaction."""
-    _apply(conn, functions_script(), schema)
+    _apply(conn, _functions_body(), schema)
 
 
 def install_schema(conn: psycopg.Connection[object], schema: str = "public") -> None:

@@ -1,0 +1,374 @@
+"""The ``partitiond`` command line.
+
+Every setting is a flag on every command, an environment variable ``PARTITIOND_<NAME>`` and a key in an
+optional TOML file (``--config``); flags win over the environment, which wins over the file.  Options are
+declared as plain strings and parsed by :mod:`partitiond.config`, so a flag, a variable and a file key are
+validated by the same code and produce the same messages.
+
+Exit codes (run-once, plan, status, install-sql): 0 ok, 1 some bands failed, 2 usage or configuration
+error, 3 cannot connect or wrong server state (standby), 4 required function or tables missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from partitiond import __version__, pipeline, sqlfiles
+from partitiond.config import ConfigError, Settings, format_duration, load_settings
+from partitiond.executor import ensure_sql
+from partitiond.logs import configure_logging
+from partitiond.planner import OriginatorStatus, Plan
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class Opt:
+    """One setting exposed as a flag; ``field`` is the Settings field it feeds."""
+
+    flags: tuple[str, ...]
+    field: str
+    help: str
+    multiple: bool = False
+    is_flag_pair: bool = False
+
+
+D = Settings()
+OPTIONS: tuple[Opt, ...] = (
+    Opt(("--config",), "config", "TOML file with settings (keys are the option names with underscores)."),
+    Opt(("--dsn",), "dsn", "libpq conninfo or URL. Default: PG* environment variables. Prefer --dsn-file."),
+    Opt(
+        ("--dsn-file",),
+        "dsn_file",
+        "File holding the DSN (e.g. a mounted Secret). systemd's "
+        "LoadCredential=dsn is picked up automatically.",
+    ),
+    Opt(("--schema",), "schema", f"Schema holding the envelope tables and functions. [default: {D.schema}]"),
+    Opt(
+        ("--originator",),
+        "originators",
+        "Originator id to provision even before it has rows (repeatable; env: comma-separated).",
+        multiple=True,
+    ),
+    Opt(
+        ("--band-width",),
+        "band_width",
+        f"Sequence ids per band; must match existing partitions. [default: {D.band_width:_}]",
+    ),
+    Opt(
+        ("--fill-threshold",),
+        "fill_threshold",
+        f"Create the next band when the current one is more than this full. [default: {D.fill_threshold}]",
+    ),
+    Opt(
+        ("--max-bands-ahead",),
+        "max_bands_ahead",
+        "Most bands above the current one. xmtpd's pruner drops "
+        f"empty bands below the highest, so keep 1. [default: {D.max_bands_ahead}]",
+    ),
+    Opt(
+        ("--max-creates-per-run",),
+        "max_creates_per_run",
+        f"Cap on bands created in one run, most urgent first. [default: {D.max_creates_per_run}]",
+    ),
+    Opt(
+        ("--interval",),
+        "interval",
+        f"Time between full runs (e.g. 30m). [default: {format_duration(D.interval)}]",
+    ),
+    Opt(("--jitter",), "jitter", f"Random delay added to each run. [default: {format_duration(D.jitter)}]"),
+    Opt(
+        ("--runway",),
+        "runway",
+        "Create the next band when the forecast says the last one ends within "
+        "this time. [default: 2 x interval]",
+    ),
+    Opt(
+        ("--probe-interval",),
+        "probe_interval",
+        f"Cheap position probes between runs; 0 disables. [default: {format_duration(D.probe_interval)}]",
+    ),
+    Opt(
+        ("--max-jump-bands",),
+        "max_jump_bands",
+        f"A position jump larger than this many bands is logged as suspicious. [default: {D.max_jump_bands}]",
+    ),
+    Opt(
+        ("--lock-timeout",),
+        "lock_timeout",
+        f"Longest wait for any lock while creating a band. [default: {format_duration(D.lock_timeout)}]",
+    ),
+    Opt(
+        ("--statement-timeout",),
+        "statement_timeout",
+        f"Statement timeout of the ensure call. [default: {format_duration(D.statement_timeout)}]",
+    ),
+    Opt(
+        ("--connect-timeout",),
+        "connect_timeout",
+        f"Connect timeout. [default: {format_duration(D.connect_timeout)}]",
+    ),
+    Opt(
+        ("--protocol-lock/--no-protocol-lock",),
+        "protocol_lock",
+        "Take the exclusive side of xmtpd's partition-creation advisory lock around each band. [default: on]",
+        is_flag_pair=True,
+    ),
+    Opt(
+        ("--protocol-lock-key",),
+        "protocol_lock_key",
+        f"xmtpd's partition-creation advisory lock key. [default: {D.protocol_lock_key}]",
+    ),
+    Opt(
+        ("--lock-attempts",),
+        "lock_attempts",
+        "Attempts per band on lock timeouts, deadlocks and a busy "
+        f"protocol lock. [default: {D.lock_attempts}]",
+    ),
+    Opt(
+        ("--retry-budget",),
+        "retry_budget",
+        f"Total retry backoff one run may spend. [default: {format_duration(D.retry_budget)}]",
+    ),
+    Opt(
+        ("--leader-lock-key",),
+        "leader_lock_key",
+        f"Advisory lock key of the leader lease between replicas. [default: {D.leader_lock_key}]",
+    ),
+    Opt(
+        ("--metrics-address",),
+        "metrics_address",
+        f"host:port for /metrics, /healthz, /readyz; empty disables. [default: {D.metrics_address}]",
+    ),
+    Opt(
+        ("--metrics-textfile",),
+        "metrics_textfile",
+        "run-once: write metrics to this node-exporter textfile (*.prom, atomic).",
+    ),
+    Opt(
+        ("--shutdown-timeout",),
+        "shutdown_timeout",
+        f"Longest graceful shutdown. [default: {format_duration(D.shutdown_timeout)}]",
+    ),
+    Opt(("--runway-warning",), "runway_warning", "check: warn below this runway. [default: 2 x interval]"),
+    Opt(
+        ("--log-format",),
+        "log_format",
+        "auto (console on a TTY, JSON otherwise), json or console. [default: auto]",
+    ),
+    Opt(("--log-level",), "log_level", "debug, info, warning or error. [default: info]"),
+)
+
+
+def _env_name(field: str) -> str:
+    return "PARTITIOND_" + field.upper()
+
+
+def settings_options(func: F) -> F:
+    """Attach every setting as an option (default None, so only what the user typed counts as a flag)."""
+    for opt in reversed(OPTIONS):
+        help_text = f"{opt.help}  (env: {_env_name(opt.field)})"
+        if opt.is_flag_pair:
+            decorator = click.option(*opt.flags, opt.field, default=None, help=help_text)
+        else:
+            decorator = click.option(
+                *opt.flags, opt.field, default=None, multiple=opt.multiple, metavar="VALUE", help=help_text
+            )
+        func = decorator(func)
+    return func
+
+
+def build_settings(raw: dict[str, Any]) -> Settings:
+    """Merge flags, env and file; configuration errors exit 2 with a message naming the option."""
+    config = raw.pop("config", None)
+    cli = {k: v for k, v in raw.items() if v is not None and v != ()}
+    try:
+        settings = load_settings(cli, os.environ, Path(config) if config else None)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    configure_logging(settings.log_format, settings.log_level)
+    return settings
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="partitiond")
+def main() -> None:
+    """Keep xmtpd's gateway-envelope partitions ahead of demand.
+
+    partitiond reads the highest sequence id per originator, decides which bands of
+    gateway_envelopes_meta / gateway_envelopes_blob must exist, and creates each one in its own short,
+    lock-safe transaction with ensure_gateway_parts_v4 (install it with `partitiond install-sql`).
+
+    Exit codes: 0 ok, 1 some bands failed, 2 usage/configuration error, 3 cannot connect or server is a
+    standby, 4 required function or tables missing.
+    """
+
+
+@main.command("run-once")
+@click.option(
+    "--dry-run", is_flag=True, help="Print the plan with reasons and the SQL it would run; touch nothing."
+)
+@settings_options
+def run_once(dry_run: bool, **raw: Any) -> None:
+    """Run one pass and exit (for cron, systemd timers and Kubernetes CronJobs).
+
+    \b
+    Example:
+      partitiond run-once --dsn-file /etc/partitiond/dsn --originator 100
+    """
+    settings = build_settings(raw)
+    if dry_run:
+        _print_plan(settings, sql_too=True)
+        return
+    report = pipeline.run_pass(settings, os.environ)
+    if report.message:
+        click.echo(f"partitiond: {report.message}", err=True)
+    sys.exit(report.exit_code)
+
+
+@main.command("run")
+@settings_options
+def run(**raw: Any) -> None:
+    """Run as a daemon: a full pass at start and every --interval, until SIGTERM/SIGINT.
+
+    Serves /metrics, /healthz and /readyz on --metrics-address and speaks systemd's notify protocol
+    (READY, WATCHDOG, STOPPING) when started by systemd with Type=notify.
+
+    \b
+    Example:
+      partitiond run --dsn-file /etc/partitiond/dsn --interval 30m --log-format json
+    """
+    from partitiond.daemon import serve
+
+    sys.exit(serve(build_settings(raw), os.environ))
+
+
+@main.command("plan")
+@settings_options
+def plan_cmd(**raw: Any) -> None:
+    """Show what the next run would create and why, without touching anything.
+
+    \b
+    Example:
+      partitiond plan --dsn postgresql://partitiond@db/xmtpd
+    """
+    _print_plan(build_settings(raw), sql_too=False)
+
+
+@main.command("status")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@settings_options
+def status(fmt: str, **raw: Any) -> None:
+    """Per originator: position, current band, last existing band, headroom and fill.
+
+    \b
+    Example:
+      partitiond status --format json
+    """
+    settings = build_settings(raw)
+    the_plan = _read_plan(settings)
+    rows = [_status_row(s) for s in the_plan.statuses]
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    _print_table(rows, ["originator", "position", "current_band", "last_band", "headroom", "fill_pct"])
+
+
+@main.command("install-sql")
+@click.option("--print", "print_only", is_flag=True, help="Write the SQL to stdout instead of applying it.")
+@settings_options
+def install_sql(print_only: bool, **raw: Any) -> None:
+    """Install or upgrade the ensure_gateway_parts_v4 function family (idempotent, one transaction).
+
+    It never creates or alters the envelope tables.
+
+    \b
+    Examples:
+      partitiond install-sql --dsn postgresql://owner@db/xmtpd
+      partitiond install-sql --print > partitiond.sql
+    """
+    settings = build_settings(raw)
+    if print_only:
+        click.echo(sqlfiles.functions_script(settings.schema))
+        return
+    _exit_on_failure(lambda: _install(settings))
+    click.echo(f"installed {sqlfiles.VERSION_MARKER} into schema {settings.schema!r}")
+
+
+def _install(settings: Settings) -> None:
+    with pipeline.open_connection(settings, os.environ) as conn:
+        sqlfiles.install_functions(conn, settings.schema)
+
+
+T = TypeVar("T")
+
+
+def _exit_on_failure(action: Callable[[], T]) -> T:
+    try:
+        return action()
+    except pipeline.PassFailure as exc:
+        click.echo(f"partitiond: {exc}", err=True)
+        sys.exit(exc.exit_code)
+
+
+def _read_plan(settings: Settings) -> Plan:
+    """Read-only: what the next pass would do.  Works before install-sql, so it can show what is missing."""
+
+    def read() -> Plan:
+        with pipeline.open_connection(settings, os.environ) as conn:
+            snapshot = pipeline.take_snapshot(conn, settings, require_function=False)
+        return pipeline.make_plan(snapshot, settings)
+
+    return _exit_on_failure(read)
+
+
+def _print_plan(settings: Settings, *, sql_too: bool) -> None:
+    the_plan = _read_plan(settings)
+    if not the_plan.creates:
+        click.echo(f"nothing to create: every originator ({len(the_plan.statuses)}) has its bands")
+        return
+    click.echo(f"{len(the_plan.creates)} band(s) to create, most urgent first:")
+    for p in the_plan.creates:
+        click.echo(
+            f"  originator {p.originator} band [{p.band.start:,}, {p.band.end:,}) ({p.kind}): {p.reason}"
+        )
+        if sql_too:
+            click.echo(f"    {ensure_sql(p, settings.band_width)}")
+    if the_plan.deferred:
+        click.echo(f"{len(the_plan.deferred)} more deferred by --max-creates-per-run to the next run")
+
+
+def _status_row(s: OriginatorStatus) -> dict[str, object]:
+    return {
+        "originator": s.originator,
+        "position": s.position,
+        "current_band": [s.current.start, s.current.end],
+        "last_band": [s.last.start, s.last.end] if s.last else None,
+        "headroom": s.headroom,
+        "fill_pct": round(s.fill * 100, 1),
+        "seconds_to_exhaustion": s.seconds_to_exhaustion,
+    }
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, list):
+        return f"[{value[0]:,}, {value[1]:,})"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return "-" if value is None else str(value)
+
+
+def _print_table(rows: list[dict[str, object]], columns: list[str]) -> None:
+    cells = [[_cell(row[c]) for c in columns] for row in rows]
+    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
+    click.echo("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+    for r in cells:
+        click.echo("  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)))

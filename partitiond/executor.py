@@ -1,0 +1,158 @@
+"""Applies a plan band by band inside the lock-safety envelope.
+
+Each band gets its own short transaction:
+
+1. ``SET LOCAL lock_timeout`` / ``statement_timeout`` — never wait unboundedly in a lock queue, because a
+   waiting DDL request blocks every later insert behind it;
+2. the exclusive side of xmtpd's partition-creation advisory lock (key 5), taken with
+   ``pg_try_advisory_xact_lock`` so partitiond does not join the queue in front of inserts; only the last
+   attempt of a band queues, and then for at most ``lock_timeout``;
+3. ``SELECT ensure_gateway_parts_v4(...)``, which creates whatever of meta/blob L1/L2 is missing.
+
+Lock timeouts, deadlocks, serialisation failures and a busy protocol lock are retried with jittered
+exponential backoff, bounded per band (``lock_attempts``) and per run (``retry_budget`` seconds of
+backoff).  Any other error fails that band only: the caller moves on to the next one.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import psycopg
+from psycopg import errors
+
+from partitiond.config import Settings
+from partitiond.planner import PlannedBand
+
+Conn = psycopg.Connection[Any]
+Status = Literal["created", "existed", "failed"]
+
+BACKOFF_BASE = 0.02
+BACKOFF_CAP = 2.0
+
+
+class ProtocolLockBusy(Exception):
+    """The exclusive side of the protocol lock could not be had without queueing."""
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What happened to one planned band."""
+
+    planned: PlannedBand
+    status: Status
+    attempts: int
+    lock_wait: float
+    failure: str | None = None  # lock_timeout|deadlock|serialization|lock_busy|other
+    error: str | None = None
+
+
+@dataclass
+class RetryBudget:
+    """Seconds of backoff a whole run may still spend; shared by every band of the run."""
+
+    seconds: float
+
+    def take(self, wanted: float) -> float | None:
+        if self.seconds <= 0:
+            return None
+        granted = min(wanted, self.seconds)
+        self.seconds -= granted
+        return granted
+
+
+def classify(exc: BaseException) -> str:
+    """Map an error to a retry class (and a metrics label)."""
+    if isinstance(exc, ProtocolLockBusy):
+        return "lock_busy"
+    if isinstance(exc, errors.LockNotAvailable):
+        return "lock_timeout"
+    if isinstance(exc, errors.DeadlockDetected):
+        return "deadlock"
+    if isinstance(exc, errors.SerializationFailure):
+        return "serialization"
+    return "other"
+
+
+def _pg_interval(seconds: float) -> str:
+    return f"{max(1, round(seconds * 1000))}ms"
+
+
+def ensure_sql(planned: PlannedBand, band_width: int) -> str:
+    """The call as a human would type it (for --dry-run and logs)."""
+    return f"SELECT ensure_gateway_parts_v4({planned.originator}, {planned.band.start}, {band_width});"
+
+
+@dataclass
+class Executor:
+    """Runs ensure calls on one autocommit connection; sleeping and randomness are injectable for tests."""
+
+    conn: Conn
+    settings: Settings
+    sleep: Callable[[float], object] = time.sleep
+    rng: random.Random = field(default_factory=random.Random)
+
+    def ensure(self, planned: PlannedBand, budget: RetryBudget) -> Outcome:
+        attempts = 0
+        waited = 0.0
+        while True:
+            attempts += 1
+            final = attempts >= self.settings.lock_attempts
+            started = time.perf_counter()
+            try:
+                existed = self._attempt(planned, queue_for_lock=final)
+            except psycopg.Error as exc:
+                failure, error = classify(exc), _one_line(exc)
+            except ProtocolLockBusy as exc:
+                failure, error = classify(exc), str(exc)
+            else:
+                waited += time.perf_counter() - started
+                return Outcome(planned, "existed" if existed else "created", attempts, waited)
+            waited += time.perf_counter() - started
+            pause = None if final or failure == "other" else budget.take(self._backoff(attempts))
+            if pause is None:
+                return Outcome(planned, "failed", attempts, waited, failure, error)
+            self.sleep(pause)
+
+    def _backoff(self, attempt: int) -> float:
+        """Full-jitter exponential backoff: spreads competing creators apart instead of in lock-step."""
+        return self.rng.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt))
+
+    def _attempt(self, planned: PlannedBand, *, queue_for_lock: bool) -> bool:
+        """One transaction for one band; returns whether the band already existed in both trees."""
+        s = self.settings
+        with self.conn.transaction():
+            self.conn.execute(
+                "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",
+                [_pg_interval(s.lock_timeout), _pg_interval(s.statement_timeout)],
+            )
+            if s.protocol_lock:
+                self._protocol_lock(queue=queue_for_lock)
+            row = self.conn.execute(
+                "SELECT partitiond_band_exists(%(oid)s, %(start)s, %(end)s)",
+                {"oid": planned.originator, "start": planned.band.start, "end": planned.band.end},
+            ).fetchone()
+            self.conn.execute(
+                "SELECT ensure_gateway_parts_v4(%s, %s, %s)",
+                [planned.originator, planned.band.start, s.band_width],
+            )
+        return bool(row and row[0])
+
+    def _protocol_lock(self, *, queue: bool) -> None:
+        key = self.settings.protocol_lock_key
+        if queue:
+            # Last attempt: queue like xmtpd's own cold path does, but never longer than lock_timeout.
+            self.conn.execute("SELECT pg_advisory_xact_lock(%s)", [key])
+            return
+        row = self.conn.execute("SELECT pg_try_advisory_xact_lock(%s)", [key]).fetchone()
+        if not (row and row[0]):
+            raise ProtocolLockBusy(f"advisory lock {key} is held by inserts; not queueing in front of them")
+
+
+def _one_line(exc: psycopg.Error) -> str:
+    primary = exc.diag.message_primary or str(exc).splitlines()[0]
+    return f"{exc.sqlstate or '?????'}: {primary}"

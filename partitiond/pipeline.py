@@ -1,0 +1,298 @@
+"""One pass of partitiond's main job: connect, verify, discover, plan, ensure, report.
+
+``run-once``, ``plan``, ``status`` and every scheduled run of the daemon go through here, so they all
+behave the same way.  The pass reads in three round trips (server state, partition inventory, positions),
+plans with the pure planner, and ensures each planned band in its own transaction through the executor.
+Anything that stops the pass as a whole raises :class:`PassFailure` carrying the documented exit code;
+a band that fails only counts as failed, and the pass moves on to the next band.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import psycopg
+import structlog
+
+from partitiond import catalog, sqlfiles
+from partitiond.config import Settings
+from partitiond.dsn import DsnError, connect_kwargs, redact, resolve_dsn
+from partitiond.executor import Executor, Outcome, RetryBudget
+from partitiond.forecast import Forecast, RateEstimator
+from partitiond.planner import Plan, Policy, plan
+
+Conn = psycopg.Connection[Any]
+Result = Literal["success", "partial", "failed", "standby", "stopped"]
+
+EXIT_OK = 0
+EXIT_BANDS_FAILED = 1
+EXIT_CONFIG = 2
+EXIT_SERVER = 3
+EXIT_MISSING = 4
+
+log = structlog.get_logger("partitiond.pipeline")
+
+
+@dataclass
+class RunControl:
+    """Lets another thread stop a pass: a stop flag checked between bands, and the live connection to cancel.
+
+    The daemon's signal handler only sets ``stop``; the main thread then calls :meth:`cancel`, which uses
+    ``cancel_safe`` on whatever query is in flight (never from a signal handler, as psycopg advises).
+    """
+
+    stop: threading.Event = field(default_factory=threading.Event)
+    _conn: Conn | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def attach(self, conn: Conn | None) -> None:
+        with self._lock:
+            self._conn = conn
+
+    def cancel(self, timeout: float) -> None:
+        with self._lock:
+            conn = self._conn
+        if conn is not None and not conn.closed:
+            with contextlib.suppress(psycopg.Error):
+                conn.cancel_safe(timeout=timeout)
+
+
+class PassFailure(Exception):
+    """The pass could not act at all.  ``exit_code`` follows the run-once contract in the README."""
+
+    def __init__(self, exit_code: int, message: str, result: Result = "failed") -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.result = result
+
+
+def open_connection(settings: Settings, env: Mapping[str, str]) -> Conn:
+    """A fresh autocommit connection; every error message is stripped of the password."""
+    try:
+        conninfo = connect_kwargs(resolve_dsn(settings.dsn, settings.dsn_file, env), settings.connect_timeout)
+    except DsnError as exc:
+        raise PassFailure(EXIT_CONFIG, str(exc)) from None
+    try:
+        return psycopg.connect(conninfo, autocommit=True)
+    except psycopg.Error as exc:
+        raise PassFailure(EXIT_SERVER, f"cannot connect to PostgreSQL: {redact(str(exc)).strip()}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What the database looked like at the start of the pass."""
+
+    state: catalog.ServerState
+    inventory: catalog.Inventory
+    positions: dict[int, int | None]
+    taken_at: float
+
+
+def verify(state: catalog.ServerState, schema: str) -> None:
+    """Refuse loudly when partitiond must not or cannot act."""
+    if state.in_recovery:
+        raise PassFailure(
+            EXIT_SERVER, "server is a standby (pg_is_in_recovery() is true): doing nothing", "standby"
+        )
+    missing = [
+        name
+        for name, ok in (
+            ("gateway_envelopes_meta", state.has_meta),
+            ("gateway_envelopes_blob", state.has_blob),
+        )
+        if not ok
+    ]
+    if missing:
+        raise PassFailure(
+            EXIT_MISSING,
+            f"table {' and '.join(missing)} not found in schema {schema!r}: is this an xmtpd database "
+            "(see --schema)?",
+        )
+    fix = f"run `partitiond install-sql --schema {schema}` (or apply `partitiond install-sql --print`)"
+    if not state.has_function:
+        raise PassFailure(EXIT_MISSING, f"function {schema}.ensure_gateway_parts_v4 is not installed: {fix}")
+    if state.function_marker != sqlfiles.VERSION_MARKER:
+        found = state.function_marker or "no version marker"
+        raise PassFailure(
+            EXIT_MISSING,
+            f"function {schema}.ensure_gateway_parts_v4 is outdated ({found}; this partitiond ships "
+            f"{sqlfiles.VERSION_MARKER!r}): {fix}",
+        )
+
+
+def check_band_width(inventory: catalog.Inventory, width: int) -> None:
+    """Existing partitions must have the configured width, or new bands would overlap them."""
+    for part in inventory.bands:
+        if part.band.width != width or part.band.start % width:
+            raise PassFailure(
+                EXIT_CONFIG,
+                f"--band-width is {width:,} but partition {part.name} covers [{part.band.start:,}, "
+                f"{part.band.end:,}) ({part.band.width:,} wide): set --band-width to match the existing "
+                "partitions",
+            )
+
+
+def take_snapshot(conn: Conn, settings: Settings, *, require_function: bool = True) -> Snapshot:
+    state = catalog.server_state(conn, settings.schema)
+    try:
+        verify(state, settings.schema)
+    except PassFailure as exc:
+        if require_function or exc.exit_code != EXIT_MISSING or not (state.has_meta and state.has_blob):
+            raise
+    inv = catalog.inventory(conn, settings.schema)
+    check_band_width(inv, settings.band_width)
+    positions = catalog.positions(conn, settings.schema, state, inv, settings.originators)
+    return Snapshot(state, inv, positions, time.monotonic())
+
+
+def policy_for(settings: Settings) -> Policy:
+    return Policy(
+        band_width=settings.band_width,
+        fill_threshold=settings.fill_threshold,
+        max_bands_ahead=settings.max_bands_ahead,
+        max_creates_per_run=settings.max_creates_per_run,
+        runway_seconds=settings.runway_seconds,
+    )
+
+
+def forecasts_from(
+    snapshot: Snapshot, settings: Settings, estimator: RateEstimator | None
+) -> dict[int, Forecast]:
+    """Feed the positions to the rate estimator and return its forecasts; flag suspicious jumps."""
+    if estimator is None:
+        return {}
+    result: dict[int, Forecast] = {}
+    for originator, position in snapshot.positions.items():
+        if position is None:
+            continue
+        seen = estimator.observe(originator, snapshot.taken_at, position)
+        if seen.jumped:
+            log.warning(
+                "suspicious position jump",
+                originator=originator,
+                position=position,
+                max_jump_bands=settings.max_jump_bands,
+                note="only the band holding the position and its successor are considered",
+            )
+        result[originator] = seen.forecast
+    return result
+
+
+def make_plan(snapshot: Snapshot, settings: Settings, estimator: RateEstimator | None = None) -> Plan:
+    forecasts = forecasts_from(snapshot, settings, estimator)
+    return plan(snapshot.inventory.views(snapshot.positions), policy_for(settings), forecasts)
+
+
+@dataclass(frozen=True, slots=True)
+class PassReport:
+    """Everything a caller needs to log, export and turn into an exit code."""
+
+    result: Result
+    exit_code: int
+    duration: float
+    plan: Plan | None = None
+    outcomes: tuple[Outcome, ...] = ()
+    message: str | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def apply(conn: Conn, the_plan: Plan, settings: Settings, control: RunControl | None = None) -> list[Outcome]:
+    """Ensure every planned band, each in its own transaction; one band's failure never stops the rest.
+
+    A stop request ends the pass between bands; retry backoff waits on the stop flag, so it ends early too.
+    """
+    control = control or RunControl()
+    executor = Executor(conn, settings, sleep=control.stop.wait)
+    budget = RetryBudget(settings.retry_budget)
+    outcomes: list[Outcome] = []
+    for planned in the_plan.creates:
+        if control.stop.is_set():
+            raise PassFailure(EXIT_OK, "stopped on request before finishing the plan", "stopped")
+        if conn.broken:
+            raise PassFailure(EXIT_SERVER, "lost the connection to PostgreSQL during the run")
+        outcome = executor.ensure(planned, budget)
+        outcomes.append(outcome)
+        _log_outcome(outcome, settings)
+    return outcomes
+
+
+def _log_outcome(outcome: Outcome, settings: Settings) -> None:
+    p = outcome.planned
+    fields: dict[str, object] = {
+        "originator": p.originator,
+        "band_start": p.band.start,
+        "band_end": p.band.end,
+        "kind": p.kind,
+        "reason": p.reason,
+        "attempts": outcome.attempts,
+        "lock_wait_ms": round(outcome.lock_wait * 1000, 1),
+    }
+    if outcome.status == "failed":
+        log.error("band failed", failure=outcome.failure, error=outcome.error, **fields)
+    elif outcome.status == "created":
+        log.info("band created", **fields)
+    else:
+        log.info("band skipped", note="already present when its turn came", **fields)
+
+
+def summarise(the_plan: Plan, outcomes: list[Outcome]) -> dict[str, int]:
+    def count(status: str) -> int:
+        return sum(1 for o in outcomes if o.status == status)
+
+    return {
+        "planned": len(the_plan.creates),
+        "created": count("created"),
+        "skipped": count("existed"),
+        "failed": count("failed"),
+        "deferred": len(the_plan.deferred),
+    }
+
+
+def run_pass(
+    settings: Settings,
+    env: Mapping[str, str],
+    estimator: RateEstimator | None = None,
+    control: RunControl | None = None,
+) -> PassReport:
+    """One full pass.  Never raises for database trouble: the report says what happened."""
+    started = time.monotonic()
+    control = control or RunControl()
+    try:
+        with open_connection(settings, env) as conn:
+            control.attach(conn)
+            try:
+                snapshot = take_snapshot(conn, settings)
+                the_plan = make_plan(snapshot, settings, estimator)
+                outcomes = apply(conn, the_plan, settings, control)
+            finally:
+                control.attach(None)
+    except PassFailure as exc:
+        return _failed(exc, started)
+    except psycopg.Error as exc:
+        return _failed(PassFailure(EXIT_SERVER, f"database error: {redact(str(exc)).strip()}"), started)
+    counts = summarise(the_plan, outcomes)
+    result: Result = "partial" if counts["failed"] else "success"
+    report = PassReport(
+        result=result,
+        exit_code=EXIT_BANDS_FAILED if counts["failed"] else EXIT_OK,
+        duration=time.monotonic() - started,
+        plan=the_plan,
+        outcomes=tuple(outcomes),
+        counts=counts,
+    )
+    log.info("run finished", result=result, duration_ms=round(report.duration * 1000, 1), **counts)
+    return report
+
+
+def _failed(exc: PassFailure, started: float) -> PassReport:
+    report = PassReport(exc.result, exc.exit_code, time.monotonic() - started, message=str(exc))
+    if exc.result in ("standby", "stopped"):
+        log.warning("run skipped", result=exc.result, reason=str(exc))
+    else:
+        log.error("run failed", result=exc.result, reason=str(exc), exit_code=exc.exit_code)
+    return report

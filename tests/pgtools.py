@@ -1,0 +1,78 @@
+"""Catalog look-ups shared by the real-database tests (assertions read pg_inherits, never names alone)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import psycopg
+
+Conn = psycopg.Connection[tuple[object, ...]]
+TREES = ("gateway_envelopes_meta", "gateway_envelopes_blob")
+
+
+def children(conn: Conn, parent: str) -> list[tuple[str, str]]:
+    """(child name, bound expression) of every partition attached to ``parent``."""
+    rows = conn.execute(
+        """
+        SELECT c.relname::text, pg_get_expr(c.relpartbound, c.oid)
+        FROM pg_inherits i
+        JOIN pg_class c ON c.oid = i.inhrelid AND c.relkind IN ('r', 'p')
+        WHERE i.inhparent = to_regclass(%s)
+        ORDER BY c.relname
+        """,
+        [parent],
+    ).fetchall()
+    return [(str(name), str(bound)) for name, bound in rows]
+
+
+def l2_bounds(conn: Conn, tree: str, oid: int) -> list[str]:
+    """Bound expressions of the L2 partitions under the L1 that holds ``oid`` (found by bound)."""
+    l1 = [
+        name
+        for name, bound in children(conn, tree)
+        if bound in (f"FOR VALUES IN ({oid})", f"FOR VALUES IN ('{oid}')")
+    ]
+    assert len(l1) <= 1, l1
+    return [bound for _, bound in children(conn, l1[0])] if l1 else []
+
+
+def partition_count(conn: Conn) -> int:
+    """All partitions (L1 and L2) under both trees."""
+    row = conn.execute(
+        """
+        SELECT count(*) FROM pg_inherits i
+        JOIN pg_class p ON p.oid = i.inhparent
+        JOIN pg_class c ON c.oid = i.inhrelid AND c.relkind IN ('r', 'p')
+        WHERE p.relname LIKE 'gateway_envelopes_meta%%' OR p.relname LIKE 'gateway_envelopes_blob%%'
+        """
+    ).fetchone()
+    assert row is not None
+    return int(str(row[0]))
+
+
+def seed_constraints(conn: Conn) -> list[str]:
+    rows = conn.execute(
+        "SELECT conrelid::regclass::text || '.' || conname FROM pg_constraint "
+        "WHERE conname IN ('oid_check', 'seq_id_check')"
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def run_concurrently(dsn: str, jobs: Sequence[Callable[[Conn], None]]) -> list[BaseException]:
+    """Run each job on its own connection, all released at once by a barrier; return the errors raised."""
+    barrier = threading.Barrier(len(jobs))
+
+    def runner(job: Callable[[Conn], None]) -> BaseException | None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            barrier.wait(timeout=60)
+            try:
+                job(conn)
+            except Exception as exc:
+                return exc
+        return None
+
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        results = list(pool.map(runner, jobs))
+    return [r for r in results if r is not None]
