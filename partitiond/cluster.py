@@ -157,6 +157,34 @@ class LocalCluster:
         self._run([str(self.bindir / "pg_ctl"), "-D", str(self.data_dir), "-m", mode, "-w", "stop"])
         self._running = False
 
+    def clone_standby(self, base_dir: Path) -> LocalCluster:
+        """A streaming replica of this cluster (pg_basebackup -R), started: a real ``pg_is_in_recovery()``."""
+        base_dir.mkdir(parents=True, exist_ok=True)
+        base_dir.chmod(0o755)
+        standby = LocalCluster(base_dir=base_dir, port=free_port(), bindir=self.bindir, user=self.user)
+        if os.geteuid() == 0:
+            shutil.chown(base_dir, SERVER_OS_USER)
+        standby._run(
+            [
+                str(self.bindir / "pg_basebackup"),
+                "-D",
+                str(standby.data_dir),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                self.user,
+                "-R",
+                "-X",
+                "stream",
+                "--no-sync",
+                "--checkpoint=fast",
+            ]
+        )
+        standby.start()
+        return standby
+
     def restart(self) -> None:
         self.stop()
         self.start()

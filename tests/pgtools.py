@@ -76,3 +76,48 @@ def run_concurrently(dsn: str, jobs: Sequence[Callable[[Conn], None]]) -> list[B
     with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
         results = list(pool.map(runner, jobs))
     return [r for r in results if r is not None]
+
+
+def seed_rows(conn: Conn, oid: int, seqs: Sequence[int], band_width: int = 1_000_000) -> None:
+    """Insert envelopes as xmtpd would have left them: bands created first, the latest table maintained."""
+    for start in sorted({s // band_width * band_width for s in seqs}):
+        conn.execute("SELECT ensure_gateway_parts_v4(%s, %s, %s)", [oid, start, band_width])
+    conn.execute(
+        """
+        WITH m AS (
+            INSERT INTO gateway_envelopes_meta (originator_node_id, originator_sequence_id, topic, expiry)
+            SELECT %(oid)s, s, 'topic', 1 FROM unnest(%(seqs)s::bigint[]) AS s
+        )
+        INSERT INTO gateway_envelopes_blob (originator_node_id, originator_sequence_id, originator_envelope)
+        SELECT %(oid)s, s, 'envelope' FROM unnest(%(seqs)s::bigint[]) AS s
+        """,
+        {"oid": oid, "seqs": list(seqs)},
+    )
+
+
+def install_ddl_log(conn: Conn) -> None:
+    """Record every DDL command in ddl_log: proof that a run issued no DDL at all."""
+    conn.execute("CREATE TABLE ddl_log (tag text NOT NULL)")
+    conn.execute(
+        "CREATE FUNCTION log_ddl() RETURNS event_trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN INSERT INTO ddl_log VALUES (tg_tag); END $$"
+    )
+    conn.execute("CREATE EVENT TRIGGER log_ddl ON ddl_command_start EXECUTE FUNCTION log_ddl()")
+
+
+def ddl_count(conn: Conn) -> int:
+    row = conn.execute("SELECT count(*) FROM ddl_log").fetchone()
+    assert row is not None
+    return int(str(row[0]))
+
+
+def leftovers(conn: Conn) -> list[str]:
+    """Half-done work: tables named like partitions but not attached, and seed constraints."""
+    rows = conn.execute(
+        """
+        SELECT c.relname::text FROM pg_class c
+        WHERE c.relname ~ '^gateway_envelopes_(meta|blob)_o' AND c.relkind IN ('r', 'p')
+          AND NOT c.relispartition
+        """
+    ).fetchall()
+    return [str(r[0]) for r in rows] + seed_constraints(conn)

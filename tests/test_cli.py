@@ -1,0 +1,151 @@
+"""The installed command line: help, exit codes, messages, configuration sources."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .pgtools import Conn, l2_bounds, partition_count, seed_rows
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {
+        k: v for k, v in os.environ.items() if not k.startswith("PARTITIOND_") and not k.startswith("PG")
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "partitiond", *args],
+        env={**clean, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("command", ["run-once", "run", "plan", "status", "install-sql"])
+def test_every_command_explains_itself(command: str) -> None:
+    result = cli(command, "--help")
+    assert result.returncode == 0
+    assert "Example" in result.stdout
+    assert "PARTITIOND_BAND_WIDTH" in result.stdout
+
+
+def test_top_level_help_lists_commands_and_exit_codes() -> None:
+    result = cli("--help")
+    assert result.returncode == 0
+    for word in ("run-once", "plan", "status", "install-sql", "Exit codes"):
+        assert word in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "named"),
+    [
+        (["run-once", "--interval", "-5"], {}, "--interval"),
+        (["run-once", "--fill-threshold", "1.5"], {}, "--fill-threshold"),
+        (["run-once", "--band-width", "0"], {}, "--band-width"),
+        (["run-once", "--originator", "2147483648"], {}, "--originator"),
+        (["run-once"], {"PARTITIOND_LOCK_TIMEOUT": "soon"}, "PARTITIOND_LOCK_TIMEOUT"),
+    ],
+)
+def test_invalid_settings_exit_2_naming_the_option(args: list[str], env: dict[str, str], named: str) -> None:
+    result = cli(*args, env=env)
+    assert result.returncode == 2
+    assert named in result.stderr
+
+
+def test_unknown_config_file_key_exits_2(tmp_path: Path) -> None:
+    config = tmp_path / "partitiond.toml"
+    config.write_text("band_widht = 5\n")
+    result = cli("run-once", "--config", str(config))
+    assert result.returncode == 2
+    assert 'unknown key "band_widht"' in result.stderr and "band_width" in result.stderr
+
+
+def test_flag_beats_env_beats_file(tmp_path: Path, conn: Conn, db_dsn: str) -> None:
+    seed_rows(conn, 100, [600_000])
+    config = tmp_path / "partitiond.toml"
+    config.write_text("fill_threshold = 0.9\n")
+    env = {"PARTITIOND_DSN": db_dsn}
+    assert "nothing to create" in cli("plan", "--config", str(config), env=env).stdout
+    env_wins = cli("plan", "--config", str(config), env={**env, "PARTITIOND_FILL_THRESHOLD": "0.5"})
+    assert "1 band(s) to create" in env_wins.stdout
+    flag_wins = cli(
+        "plan",
+        "--config",
+        str(config),
+        "--fill-threshold",
+        "0.95",
+        env={**env, "PARTITIOND_FILL_THRESHOLD": "0.5"},
+    )
+    assert "nothing to create" in flag_wins.stdout
+
+
+def test_unreachable_server_exits_3_and_never_prints_the_password() -> None:
+    result = cli(
+        "run-once", "--dsn", "postgresql://u:hunter2-secret@127.0.0.1:9/db", "--connect-timeout", "2"
+    )
+    assert result.returncode == 3
+    assert "cannot connect" in result.stderr
+    assert "hunter2-secret" not in result.stderr + result.stdout
+
+
+def test_dry_run_prints_reasons_and_sql_and_creates_nothing(conn: Conn, db_dsn: str) -> None:
+    seed_rows(conn, 100, [712_034])
+    before = partition_count(conn)
+    result = cli("run-once", "--dry-run", "--dsn", db_dsn)
+    assert result.returncode == 0, result.stderr
+    assert "seq 712,034 is 71.2% into band 0 (threshold 70%) → band 1" in result.stdout
+    assert "SELECT ensure_gateway_parts_v4(100, 1000000, 1000000);" in result.stdout
+    assert partition_count(conn) == before
+
+
+def test_run_once_creates_and_exits_0(conn: Conn, db_dsn: str) -> None:
+    result = cli(
+        "run-once", "--originator", "7", env={"PARTITIOND_DSN": db_dsn, "PARTITIOND_LOG_FORMAT": "json"}
+    )
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line)["event"] for line in result.stderr.splitlines()]
+    assert events == ["band created", "run finished"]
+    assert l2_bounds(conn, "gateway_envelopes_meta", 7) == ["FOR VALUES FROM ('0') TO ('1000000')"]
+
+
+def test_status_json_and_table(conn: Conn, db_dsn: str) -> None:
+    seed_rows(conn, 100, [250_000])
+    rows = json.loads(cli("status", "--format", "json", "--dsn", db_dsn).stdout)
+    assert rows == [
+        {
+            "originator": 100,
+            "position": 250_000,
+            "current_band": [0, 1_000_000],
+            "last_band": [0, 1_000_000],
+            "headroom": 749_999,
+            "fill_pct": 25.0,
+            "seconds_to_exhaustion": None,
+        }
+    ]
+    table = cli("status", "--dsn", db_dsn).stdout.splitlines()
+    assert table[0].split() == ["originator", "position", "current_band", "last_band", "headroom", "fill_pct"]
+    assert "749,999" in table[1]
+
+
+def test_install_sql_print_is_one_transaction_for_the_schema() -> None:
+    result = cli("install-sql", "--print", "--schema", "my schema")
+    assert result.returncode == 0
+    assert result.stdout.startswith('BEGIN;\nSET LOCAL search_path = "my schema", pg_temp;')
+    assert "CREATE OR REPLACE FUNCTION ensure_gateway_parts_v4" in result.stdout
+    assert result.stdout.rstrip().endswith("COMMIT;")
+
+
+def test_install_sql_then_run_once(conn: Conn, db_dsn: str) -> None:
+    conn.execute("DROP FUNCTION ensure_gateway_parts_v4(int, bigint, bigint)")
+    missing = cli("run-once", "--dsn", db_dsn, "--originator", "1")
+    assert missing.returncode == 4
+    assert "partitiond install-sql" in missing.stderr
+    installed = cli("install-sql", "--dsn", db_dsn)
+    assert installed.returncode == 0, installed.stderr
+    assert cli("run-once", "--dsn", db_dsn, "--originator", "1").returncode == 0

@@ -1,0 +1,129 @@
+"""`partitiond run` as a real process: scheduling, metrics, systemd notify and SIGTERM mid-run."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from partitiond.cluster import free_port
+
+from .pgtools import Conn, l2_bounds, leftovers, seed_rows
+
+
+def wait_for(condition: Callable[[], bool], deadline: float, what: str) -> None:
+    """Poll with a deadline: the test's only form of waiting."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {deadline}s waiting for {what}")
+
+
+def start_daemon(dsn: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "partitiond", "run", "--log-format", "json", *args],
+        env={**os.environ, "PARTITIOND_DSN": dsn, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def scrape(port: int) -> str:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+            return str(resp.read().decode())
+    except OSError:
+        return ""
+
+
+def successful_runs(port: int) -> float:
+    match = re.search(r'^partitiond_runs_total\{result="success"\} (\S+)$', scrape(port), re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> Iterator[socket.socket]:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify.sock"))
+    sock.settimeout(10)
+    try:
+        yield sock
+    finally:
+        sock.close()
+
+
+@pytest.mark.slow
+def test_runs_at_start_then_every_interval_and_stops_cleanly(
+    conn: Conn, db_dsn: str, notify_socket: socket.socket
+) -> None:
+    seed_rows(conn, 900, [800_000])
+    port = free_port()
+    proc = start_daemon(
+        db_dsn,
+        *("--originator", "100", "--interval", "1s", "--jitter", "0", "--probe-interval", "0"),
+        *("--metrics-address", f"127.0.0.1:{port}"),
+        env={"NOTIFY_SOCKET": notify_socket.getsockname()},
+    )
+    try:
+        assert notify_socket.recv(64) == b"READY=1"
+        wait_for(lambda: successful_runs(port) >= 3, 30, "three successful runs")
+        assert l2_bounds(conn, "gateway_envelopes_meta", 100) == ["FOR VALUES FROM ('0') TO ('1000000')"]
+        assert len(l2_bounds(conn, "gateway_envelopes_blob", 900)) == 2
+        metrics = scrape(port)
+        assert 'partitiond_originator_headroom_ids{originator="900"} 1.199999e+06' in metrics
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    assert notify_socket.recv(64) == b"STOPPING=1"
+    _, stderr = proc.communicate()
+    assert '"event": "run finished"' in stderr
+
+
+@pytest.mark.slow
+def test_sigterm_mid_run_cancels_the_waiting_ensure_and_exits_0(conn: Conn, db_dsn: str) -> None:
+    seed_rows(conn, 900, [1])
+    with psycopg.connect(db_dsn) as holder:
+        holder.execute(
+            "INSERT INTO gateway_envelopes_meta (originator_node_id, originator_sequence_id, topic, expiry)"
+            " VALUES (900, 2, 't', 1)"
+        )
+        proc = start_daemon(
+            db_dsn,
+            *("--originator", "100", "--lock-timeout", "60s", "--lock-attempts", "1"),
+            *("--statement-timeout", "120s", "--metrics-address", "", "--shutdown-timeout", "5s"),
+        )
+        try:
+
+            def ensure_is_waiting() -> bool:
+                row = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'partitiond' "
+                    "AND wait_event_type = 'Lock'"
+                ).fetchone()
+                return row == (1,)
+
+            wait_for(ensure_is_waiting, 30, "the ensure to wait for the holder's lock")
+            stopped_at = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(10) == 0
+            assert time.monotonic() - stopped_at < 5
+        finally:
+            proc.kill()
+            proc.wait()
+        holder.rollback()
+    assert leftovers(conn) == []
+    assert l2_bounds(conn, "gateway_envelopes_meta", 100) == []

@@ -1,0 +1,247 @@
+"""One pass end to end against a real PostgreSQL: discovery, planning, ensure, failures and exit codes."""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from partitiond import pipeline
+from partitiond.cluster import LocalCluster
+from partitiond.config import Settings
+from partitiond.xmtpd_writer import LazyWriter
+
+from .pgtools import (
+    TREES,
+    Conn,
+    children,
+    ddl_count,
+    install_ddl_log,
+    l2_bounds,
+    leftovers,
+    partition_count,
+    seed_rows,
+)
+
+ENV: dict[str, str] = {}
+
+
+def band(start: int, end: int) -> str:
+    return f"FOR VALUES FROM ('{start}') TO ('{end}')"
+
+
+def run(dsn: str, **overrides: object) -> pipeline.PassReport:
+    settings = Settings(dsn=dsn, metrics_address="", **overrides)  # type: ignore[arg-type]
+    return pipeline.run_pass(settings, ENV)
+
+
+def test_configured_originators_on_an_empty_schema_get_l1_and_band_0(conn: Conn, db_dsn: str) -> None:
+    report = run(db_dsn, originators=(100, 200))
+    assert (report.result, report.exit_code) == ("success", 0)
+    assert report.counts["created"] == 2
+    for oid in (100, 200):
+        for tree in TREES:
+            assert l2_bounds(conn, tree, oid) == [band(0, 1_000_000)]
+
+
+def test_threshold_decides_the_next_band(conn: Conn, db_dsn: str) -> None:
+    seed_rows(conn, 100, [5, 1_000_000, 1_700_000])  # 70.0% into band 1: not strictly above
+    seed_rows(conn, 200, [2_700_001])  # 70.0001% into band 2
+    report = run(db_dsn)
+    assert report.counts["created"] == 1
+    assert l2_bounds(conn, "gateway_envelopes_meta", 100) == [band(0, 1_000_000), band(1_000_000, 2_000_000)]
+    assert l2_bounds(conn, "gateway_envelopes_blob", 200) == [
+        band(2_000_000, 3_000_000),
+        band(3_000_000, 4_000_000),
+    ]
+
+
+def test_upstream_worker_case_3_end_to_end(conn: Conn, db_dsn: str) -> None:
+    """xmtpd worker_internal_test case 3: {100:1, 200:900000, 300:750000} -> 5 meta L2 partitions."""
+    for oid, seq in ((100, 1), (200, 900_000), (300, 750_000)):
+        seed_rows(conn, oid, [seq])
+    assert run(db_dsn).exit_code == 0
+    names = [
+        n
+        for tree_l1 in ("100", "200", "300")
+        for n, _ in children(conn, f"gateway_envelopes_meta_o{tree_l1}")
+    ]
+    assert len(names) == 5
+    assert "gateway_envelopes_meta_o200_s1000000_2000000" in names
+    assert "gateway_envelopes_meta_o300_s1000000_2000000" in names
+    assert "gateway_envelopes_meta_o100_s1000000_2000000" not in names
+
+
+def test_second_run_issues_no_ddl(conn: Conn, db_dsn: str) -> None:
+    seed_rows(conn, 100, [800_000])
+    install_ddl_log(conn)
+    first = run(db_dsn, originators=(300,))
+    assert first.counts["created"] == 2
+    after_first = ddl_count(conn)
+    assert after_first > 0
+    second = run(db_dsn, originators=(300,))
+    assert second.counts == {"planned": 0, "created": 0, "skipped": 0, "failed": 0, "deferred": 0}
+    assert ddl_count(conn) == after_first
+
+
+def test_missing_current_band_is_repaired(conn: Conn, db_dsn: str) -> None:
+    seed_rows(conn, 100, [10, 1_200_000])
+    conn.execute(
+        "UPDATE gateway_envelopes_latest SET originator_sequence_id = 2500000 WHERE originator_node_id = 100"
+    )
+    report = run(db_dsn)
+    assert report.plan is not None
+    repairs = [p for p in report.plan.creates if p.kind == "repair"]
+    assert [(p.originator, p.band.start) for p in repairs] == [(100, 2_000_000)]
+    assert "seq 2,500,000" in repairs[0].reason
+    assert band(2_000_000, 3_000_000) in l2_bounds(conn, "gateway_envelopes_blob", 100)
+
+
+def test_positions_are_probed_when_the_latest_table_is_missing(conn: Conn, db_dsn: str) -> None:
+    seed_rows(conn, 100, [10, 1_750_000])
+    seed_rows(conn, 200, [300_000])
+    conn.execute("SELECT ensure_gateway_parts_v4(200, 1000000)")  # an empty band above the data
+    conn.execute("DROP TABLE gateway_envelopes_latest CASCADE")
+    report = run(db_dsn)
+    assert report.plan is not None
+    positions = {s.originator: s.position for s in report.plan.statuses}
+    assert positions == {100: 1_750_000, 200: 300_000}
+    assert [(p.originator, p.band.start) for p in report.plan.creates] == [(100, 2_000_000)]
+
+
+def test_dry_run_plan_touches_nothing(conn: Conn, db_dsn: str) -> None:
+    seed_rows(conn, 100, [900_000])
+    settings = Settings(dsn=db_dsn, originators=(5,), metrics_address="")
+    before = partition_count(conn)
+    with pipeline.open_connection(settings, ENV) as c:
+        the_plan = pipeline.make_plan(pipeline.take_snapshot(c, settings), settings)
+    assert len(the_plan.creates) == 2
+    assert partition_count(conn) == before
+
+
+def test_one_originators_failure_does_not_stop_the_others(conn: Conn, db_dsn: str) -> None:
+    conn.execute("CREATE VIEW gateway_envelopes_meta_o150 AS SELECT 1 AS x")  # in the way of o150's L1
+    report = run(db_dsn, originators=(100, 150, 200))
+    assert (report.result, report.exit_code) == ("partial", 1)
+    failed = [o for o in report.outcomes if o.status == "failed"]
+    assert [(o.planned.originator, o.failure) for o in failed] == [(150, "other")]
+    assert failed[0].error is not None and failed[0].error.startswith("42P07")
+    assert l2_bounds(conn, "gateway_envelopes_meta", 100) == [band(0, 1_000_000)]
+    assert l2_bounds(conn, "gateway_envelopes_meta", 200) == [band(0, 1_000_000)]
+    assert leftovers(conn) == []
+
+
+def test_band_width_mismatch_is_refused(conn: Conn, db_dsn: str) -> None:
+    seed_rows(conn, 100, [10, 650_000], band_width=500_000)
+    before = partition_count(conn)
+    report = run(db_dsn, originators=(200,))
+    assert report.exit_code == pipeline.EXIT_CONFIG
+    assert report.message is not None and "--band-width is 1,000,000" in report.message
+    assert partition_count(conn) == before
+
+
+def test_missing_function_says_how_to_install_it(conn: Conn, db_dsn: str) -> None:
+    conn.execute("DROP FUNCTION ensure_gateway_parts_v4(int, bigint, bigint)")
+    report = run(db_dsn, originators=(1,))
+    assert report.exit_code == pipeline.EXIT_MISSING
+    assert report.message is not None and "partitiond install-sql" in report.message
+
+
+def test_outdated_function_is_detected(conn: Conn, db_dsn: str) -> None:
+    conn.execute(
+        "COMMENT ON FUNCTION ensure_gateway_parts_v4(int, bigint, bigint) IS 'partitiond sql-version 0'"
+    )
+    report = run(db_dsn, originators=(1,))
+    assert report.exit_code == pipeline.EXIT_MISSING
+    assert report.message is not None and "outdated" in report.message
+
+
+def test_missing_tables_exit_4(empty_db_dsn: str) -> None:
+    report = run(empty_db_dsn)
+    assert report.exit_code == pipeline.EXIT_MISSING
+    assert report.message is not None and "gateway_envelopes_meta" in report.message
+
+
+def test_unreachable_server_exit_3_without_the_password() -> None:
+    report = run("postgresql://partitiond:s3cret-pw@127.0.0.1:9/xmtpd", connect_timeout=2)
+    assert report.exit_code == pipeline.EXIT_SERVER
+    assert report.message is not None and "s3cret-pw" not in report.message
+
+
+@pytest.fixture
+def standby(pg_cluster: LocalCluster, db_dsn: str) -> Iterator[LocalCluster]:
+    replica = pg_cluster.clone_standby(Path(tempfile.mkdtemp(prefix="partitiond-standby-")))
+    try:
+        yield replica
+    finally:
+        replica.destroy()
+
+
+def test_a_standby_is_refused_loudly(standby: LocalCluster, db_dsn: str) -> None:
+    dbname = psycopg.conninfo.conninfo_to_dict(db_dsn)["dbname"]
+    report = run(standby.dsn(str(dbname)), originators=(100,))
+    assert (report.result, report.exit_code) == ("standby", pipeline.EXIT_SERVER)
+    assert report.message is not None and "standby" in report.message
+
+
+class Inserter(threading.Thread):
+    """Writes envelopes the xmtpd way into an existing band until stopped; records every latency."""
+
+    def __init__(self, dsn: str, oid: int) -> None:
+        super().__init__(daemon=True)
+        self.dsn, self.oid = dsn, oid
+        self.stop = threading.Event()
+        self.started_writing = threading.Event()
+        self.writer: LazyWriter | None = None
+
+    def run(self) -> None:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            self.writer = LazyWriter(conn)
+            seq = 0
+            while not self.stop.is_set():
+                self.writer.insert(self.oid, 10 + seq)
+                self.started_writing.set()
+                seq += 1
+
+    def max_latency(self) -> float:
+        assert self.writer is not None
+        return max(self.writer.stats.latencies)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("holder_kind", ["shared protocol lock", "row exclusive on meta"])
+def test_a_lock_holder_bounds_the_wait_and_never_stalls_inserts(
+    conn: Conn, db_dsn: str, holder_kind: str
+) -> None:
+    lock_timeout = 0.3
+    seed_rows(conn, 900, [1])
+    seed_rows(conn, 901, [1])
+    with psycopg.connect(db_dsn) as holder:
+        if holder_kind == "shared protocol lock":
+            holder.execute("SELECT pg_advisory_xact_lock_shared(5)")
+        else:
+            holder.execute(
+                "INSERT INTO gateway_envelopes_meta"
+                " (originator_node_id, originator_sequence_id, topic, expiry) VALUES (900, 2, 't', 1)"
+            )
+        inserter = Inserter(db_dsn, 901)
+        inserter.start()
+        assert inserter.started_writing.wait(10)
+        started = time.monotonic()
+        report = run(db_dsn, originators=(100,), lock_timeout=lock_timeout, lock_attempts=3, retry_budget=1)
+        elapsed = time.monotonic() - started
+        inserter.stop.set()
+        inserter.join(10)
+        holder.rollback()
+    assert (report.result, report.exit_code) == ("partial", 1)
+    [outcome] = report.outcomes
+    assert (outcome.status, outcome.failure, outcome.attempts) == ("failed", "lock_timeout", 3)
+    assert elapsed < 3 * lock_timeout + 1 + 2  # attempts + backoff budget + slack
+    assert inserter.max_latency() < lock_timeout + 0.5
+    assert leftovers(conn) == []
+    assert run(db_dsn, originators=(100,)).counts["created"] == 1
