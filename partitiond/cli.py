@@ -23,9 +23,12 @@ import click
 
 from partitiond import __version__, pipeline, sqlfiles
 from partitiond.config import ConfigError, Settings, format_duration, load_settings
+from partitiond.demo import demo_command
 from partitiond.executor import ensure_sql
 from partitiond.logs import configure_logging
+from partitiond.metrics import Metrics
 from partitiond.planner import OriginatorStatus, Plan
+from partitiond.report import record
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -229,9 +232,21 @@ def run_once(dry_run: bool, **raw: Any) -> None:
         _print_plan(settings, sql_too=True)
         return
     report = pipeline.run_pass(settings, os.environ)
+    if settings.metrics_textfile is not None:
+        _write_textfile(report, settings.metrics_textfile)
     if report.message:
         click.echo(f"partitiond: {report.message}", err=True)
     sys.exit(report.exit_code)
+
+
+def _write_textfile(pass_report: pipeline.PassReport, path: Path) -> None:
+    """node-exporter textfile for timer/CronJob runs; a write error must not hide the run's own result."""
+    metrics = Metrics()
+    record(metrics, pass_report)
+    try:
+        metrics.write_textfile(path)
+    except OSError as exc:
+        click.echo(f"partitiond: cannot write metrics textfile {path}: {exc.strerror or exc}", err=True)
 
 
 @main.command("run")
@@ -372,3 +387,6 @@ def _print_table(rows: list[dict[str, object]], columns: list[str]) -> None:
     click.echo("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
     for r in cells:
         click.echo("  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)))
+
+
+main.add_command(demo_command)

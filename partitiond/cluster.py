@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -132,7 +133,8 @@ class LocalCluster:
             "unix_socket_directories": str(self.base_dir),
             **(extra_settings or {}),
         }
-        opts = " ".join(f"-c {key}={value}" for key, value in settings.items())
+        # pg_ctl hands -o to a shell: quote every value so prefixes like "%u|" or spaces survive intact.
+        opts = " ".join(f"-c {key}={shlex.quote(value)}" for key, value in settings.items())
         self._run(
             [
                 str(self.bindir / "pg_ctl"),

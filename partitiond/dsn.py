@@ -8,6 +8,7 @@ SIGHUP change logs, log lines) goes through :func:`redact` or :func:`redact_dsn`
 from __future__ import annotations
 
 import itertools
+import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -55,7 +56,7 @@ def resolve_dsn(settings_dsn: str | None, dsn_file: Path | None, env: Mapping[st
     credentials = env.get("CREDENTIALS_DIRECTORY")
     if credentials:
         credential = Path(credentials) / CREDENTIAL_NAME
-        if credential.exists():
+        if os.path.lexists(credential):  # never raises: an unreadable file is reported by the read
             return _read_secret_file(credential, "systemd credential")
     return ""
 

@@ -13,18 +13,19 @@ import contextlib
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import psycopg
 import structlog
 
 from partitiond import catalog, sqlfiles
+from partitiond.bands import Band
 from partitiond.config import Settings
 from partitiond.dsn import DsnError, connect_kwargs, redact, resolve_dsn
 from partitiond.executor import Executor, Outcome, RetryBudget
 from partitiond.forecast import Forecast, RateEstimator
-from partitiond.planner import Plan, Policy, plan
+from partitiond.planner import OriginatorStatus, Plan, Policy, assess, plan
 
 Conn = psycopg.Connection[Any]
 Result = Literal["success", "partial", "failed", "standby", "stopped"]
@@ -188,6 +189,24 @@ def make_plan(snapshot: Snapshot, settings: Settings, estimator: RateEstimator |
     return plan(snapshot.inventory.views(snapshot.positions), policy_for(settings), forecasts)
 
 
+def statuses_after(
+    snapshot: Snapshot, settings: Settings, outcomes: list[Outcome], estimator: RateEstimator | None
+) -> tuple[OriginatorStatus, ...]:
+    """Each originator's standing once this pass's bands exist: what metrics and status should show."""
+    made: dict[int, set[Band]] = {}
+    for outcome in outcomes:
+        if outcome.status != "failed":
+            made.setdefault(outcome.planned.originator, set()).add(outcome.planned.band)
+    policy = policy_for(settings)
+    result = []
+    for view in snapshot.inventory.views(snapshot.positions):
+        extra = made.get(view.originator, set())
+        now = replace(view, complete=view.complete | extra, partial=view.partial - extra, meta_only=None)
+        forecast = estimator.forecast(view.originator) if estimator is not None else None
+        result.append(assess(now, policy, forecast))
+    return tuple(result)
+
+
 @dataclass(frozen=True, slots=True)
 class PassReport:
     """Everything a caller needs to log, export and turn into an exit code."""
@@ -197,6 +216,7 @@ class PassReport:
     duration: float
     plan: Plan | None = None
     outcomes: tuple[Outcome, ...] = ()
+    statuses: tuple[OriginatorStatus, ...] = ()  # after this pass's creations
     message: str | None = None
     counts: dict[str, int] = field(default_factory=dict)
 
@@ -269,6 +289,7 @@ def run_pass(
                 snapshot = take_snapshot(conn, settings)
                 the_plan = make_plan(snapshot, settings, estimator)
                 outcomes = apply(conn, the_plan, settings, control)
+                statuses = statuses_after(snapshot, settings, outcomes, estimator)
             finally:
                 control.attach(None)
     except PassFailure as exc:
@@ -283,6 +304,7 @@ def run_pass(
         duration=time.monotonic() - started,
         plan=the_plan,
         outcomes=tuple(outcomes),
+        statuses=statuses,
         counts=counts,
     )
     log.info("run finished", result=result, duration_ms=round(report.duration * 1000, 1), **counts)

@@ -30,8 +30,8 @@ def record(metrics: Metrics, report: PassReport) -> None:
                 # The band holding a stored position was missing: inserts had to (or will) take the cold path.
                 metrics.cold_path.labels(originator=str(outcome.planned.originator)).inc()
     if report.plan is not None:
-        for status in report.plan.statuses:
+        for status in report.statuses:
             metrics.set_originator(
                 status.originator, status.position, status.headroom, status.fill, status.seconds_to_exhaustion
             )
-        metrics.forget_originators(keep=[s.originator for s in report.plan.statuses])
+        metrics.forget_originators(keep=[s.originator for s in report.statuses])

@@ -149,3 +149,13 @@ def test_install_sql_then_run_once(conn: Conn, db_dsn: str) -> None:
     installed = cli("install-sql", "--dsn", db_dsn)
     assert installed.returncode == 0, installed.stderr
     assert cli("run-once", "--dsn", db_dsn, "--originator", "1").returncode == 0
+
+
+def test_run_once_writes_a_node_exporter_textfile(tmp_path: Path, db_dsn: str) -> None:
+    target = tmp_path / "partitiond.prom"
+    result = cli("run-once", "--dsn", db_dsn, "--originator", "3", "--metrics-textfile", str(target))
+    assert result.returncode == 0, result.stderr
+    text = target.read_text()
+    assert 'partitiond_runs_total{result="success"} 1.0' in text
+    assert 'partitiond_partitions_created_total{level="l2",table="meta"} 1.0' in text
+    assert 'partitiond_originator_headroom_ids{originator="3"} 1e+06' in text
