@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help test lint typecheck check demo bench bench-sim torture postgres-server clean
+.PHONY: help test lint demo bench bench-sim torture postgres-server tools clean
 
 help:
 	@echo "make demo       run partitiond's main job against a throwaway local PostgreSQL with demo traffic"
@@ -35,7 +35,21 @@ postgres-server:
 	    exit 1; \
 	fi
 
-test: $(STAMP) postgres-server
+# promtool validates deploy/prometheus/alerts.yaml; taken from Debian's prometheus package without
+# installing it (no service, no system changes): apt-get download + dpkg-deb -x into the virtualenv.
+tools: $(VENV)/tools/promtool
+
+$(VENV)/tools/promtool: | $(STAMP)
+	@mkdir -p $(VENV)/tools/.deb
+	@if command -v apt-get >/dev/null 2>&1; then \
+	    (cd $(VENV)/tools/.deb && (apt-get download prometheus >/dev/null 2>&1 \
+	        || { [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get download prometheus >/dev/null 2>&1; }) \
+	    && dpkg-deb -x prometheus_*.deb x && cp x/usr/bin/promtool ../promtool); \
+	fi; \
+	[ -x $@ ] || echo "promtool unavailable: alert rules are checked by the Python tests only" >&2
+	@rm -rf $(VENV)/tools/.deb
+
+test: $(STAMP) postgres-server tools
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
