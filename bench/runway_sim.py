@@ -27,11 +27,12 @@ Model (all times are simulated seconds; nothing sleeps, nothing touches PostgreS
       no probes; it sees only originators that have rows and never creates the current band.
   ``partitiond``
       the daemon's defaults (``pipeline.policy_for(Settings(...))``: 70 % rule, one band ahead, runway of two
-      intervals), a full run every ``interval`` and a probe every ``probe_interval`` in between.  Configured
-      originators are visible (and get band 0) before their first write; others are learnt from the latest
-      table, i.e. after their first write.
-  ``partitiond-adaptive``
-      as ``partitiond``, but the next probe comes after ``next_probe_delay(statuses, probe_interval)``.
+      intervals), a full run every ``interval`` and adaptive probes in between: the next probe comes after
+      ``planner.next_probe_delay(statuses, probe_interval)``, exactly as the daemon schedules them.
+      Configured originators are visible (and get band 0) before their first write; others are learnt from
+      the latest table, i.e. after their first write.
+  ``partitiond-fixed``
+      as ``partitiond``, but probes on a fixed ``probe_interval`` grid (for comparison).
 
 * Not modelled: run jitter, run duration other than ``ddl_delay``, failures, the pruner, lock contention.
 
@@ -56,32 +57,16 @@ from partitiond.bands import Band
 from partitiond.config import Settings
 from partitiond.forecast import Forecast, RateEstimator
 from partitiond.pipeline import policy_for
-from partitiond.planner import OriginatorStatus, OriginatorView, Policy, plan
+from partitiond.planner import OriginatorStatus, OriginatorView, Policy, next_probe_delay, plan
 
 DAY = 86_400
 BAND_WIDTH = 1_000_000
 CONSTANT_RATES = (10, 100, 167, 500, 1_000, 5_000, 10_000, 20_000)
 DEFAULT_DDL_DELAY = 0.1
 
-PolicyName = Literal["xmtpd", "partitiond", "partitiond-adaptive"]
-POLICIES: tuple[PolicyName, ...] = ("xmtpd", "partitiond", "partitiond-adaptive")
+PolicyName = Literal["xmtpd", "partitiond-fixed", "partitiond"]
+POLICIES: tuple[PolicyName, ...] = ("xmtpd", "partitiond-fixed", "partitiond")
 Format = Literal["table", "markdown"]
-
-
-def next_probe_delay(statuses: Iterable[OriginatorStatus], probe_interval: float) -> float:
-    """Seconds until the next probe under adaptive probing.
-
-    ``min(probe_interval, max(1.0, least seconds_to_exhaustion / 2))`` over the statuses of the last plan
-    (statuses without a rate, ``seconds_to_exhaustion is None``, are ignored; with none left the delay is
-    ``probe_interval``).  Probing at half the time to exhaustion means a band that is about to run out is
-    looked at again before it does, and a fast originator is probed faster than every ``probe_interval``.
-    The statuses are taken before the plan's creates, so right after creating a band the delay is shorter
-    than strictly needed (conservative).  The 1 s floor bounds the probe rate.
-    """
-    known = [s.seconds_to_exhaustion for s in statuses if s.seconds_to_exhaustion is not None]
-    if not known:
-        return probe_interval
-    return min(probe_interval, max(1.0, min(known) / 2.0))
 
 
 # --- traces -------------------------------------------------------------------------------------------
@@ -389,7 +374,7 @@ def simulate(trace: Trace, policy_name: PolicyName, config: SimConfig) -> Result
         if not probes:
             t = next_full
             continue
-        if policy_name == "partitiond-adaptive":
+        if policy_name == "partitiond":
             t_next = t + next_probe_delay(statuses, config.probe_interval)
         else:  # on the fixed grid k * interval + j * probe_interval
             last_full = (full - 1) * config.interval
@@ -450,9 +435,10 @@ def render(results: Sequence[Result], config: SimConfig, traces: Sequence[Trace]
         f"full run every {config.interval:g} s, DDL takes {config.ddl_delay:g} s (simulated).",
         "xmtpd: fill > 70% -> next band, one run per interval, no probes, sees only originators with rows.",
         f"partitiond: daemon defaults (runway {settings.runway_seconds:g} s, max {settings.max_bands_ahead} "
-        f"band ahead, rate estimator), probe every {config.probe_interval:g} s between full runs; "
-        "configured originators get band 0 before their first write.",
-        "partitiond-adaptive: next probe after min(probe interval, max(1 s, least time to exhaustion / 2)).",
+        f"band ahead, rate estimator), adaptive probes between full runs: next probe after min("
+        f"{config.probe_interval:g} s, max(1 s, least time to exhaustion / 2)), 5 s while an originator has "
+        "rows but no rate yet; configured originators get band 0 before their first write.",
+        f"partitiond-fixed: as partitiond, but a probe every {config.probe_interval:g} s on a fixed grid.",
         "cold-path hits = bands created by the writer; plans = planner runs (full runs + probes).",
         "const traces start at seq 1 with band 0 present; at 5,000/s and up a whole number of bands passes "
         "per interval, so every xmtpd run sees the position at the start of a band and creates nothing.",

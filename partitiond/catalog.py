@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -18,7 +18,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from partitiond.bands import Band
-from partitiond.planner import OriginatorView
+from partitiond.planner import OriginatorView, PlannedBand
 
 Conn = psycopg.Connection[Any]
 META = "gateway_envelopes_meta"
@@ -71,6 +71,13 @@ class Inventory:
 
     def originators(self) -> set[int]:
         return set(self.l1.get(META, frozenset())) | set(self.l1.get(BLOB, frozenset()))
+
+    def with_bands(self, planned: Iterable[PlannedBand]) -> Inventory:
+        """This inventory plus bands now known to exist in both trees (e.g. just ensured)."""
+        added = [Partition(tree, p.originator, p.band, "") for p in planned for tree in (META, BLOB)]
+        oids = {part.originator for part in added}
+        l1 = {tree: self.l1.get(tree, frozenset()) | oids for tree in (META, BLOB)}
+        return replace(self, l1=l1, bands=self.bands + tuple(added))
 
     def views(self, positions: Mapping[int, int | None]) -> list[OriginatorView]:
         """Planner input: for each originator, the bands complete in both trees and those in only one."""

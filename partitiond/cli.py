@@ -20,11 +20,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+import psycopg
 
 from partitiond import __version__, pipeline, sqlfiles
+from partitiond.check import check_and_report
 from partitiond.config import ConfigError, Settings, format_duration, load_settings
 from partitiond.demo import demo_command
 from partitiond.executor import ensure_sql
+from partitiond.lease import LeaderLease
 from partitiond.logs import configure_logging
 from partitiond.metrics import Metrics
 from partitiond.planner import OriginatorStatus, Plan
@@ -133,7 +136,7 @@ OPTIONS: tuple[Opt, ...] = (
     Opt(
         ("--lock-attempts",),
         "lock_attempts",
-        "Attempts per band on lock timeouts, deadlocks and a busy "
+        "Attempts per band on lock timeouts, deadlocks and serialization "
         f"protocol lock. [default: {D.lock_attempts}]",
     ),
     Opt(
@@ -189,12 +192,17 @@ def settings_options(func: F) -> F:
     return func
 
 
-def build_settings(raw: dict[str, Any]) -> Settings:
-    """Merge flags, env and file; configuration errors exit 2 with a message naming the option."""
+def settings_loader(raw: dict[str, Any]) -> Callable[[], Settings]:
+    """Flags + environment + config file -> Settings, re-runnable (SIGHUP reloads call it again)."""
     config = raw.pop("config", None)
     cli = {k: v for k, v in raw.items() if v is not None and v != ()}
+    return lambda: load_settings(cli, os.environ, Path(config) if config else None)
+
+
+def build_settings(raw: dict[str, Any], load: Callable[[], Settings] | None = None) -> Settings:
+    """Merge flags, env and file; configuration errors exit 2 with a message naming the option."""
     try:
-        settings = load_settings(cli, os.environ, Path(config) if config else None)
+        settings = (load or settings_loader(raw))()
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     configure_logging(settings.log_format, settings.log_level)
@@ -223,6 +231,9 @@ def main() -> None:
 def run_once(dry_run: bool, **raw: Any) -> None:
     """Run one pass and exit (for cron, systemd timers and Kubernetes CronJobs).
 
+    If another partitiond holds the leader lease on this database, the pass only reads and reports
+    ("follower") and exits 0: the daemon is already doing the work.
+
     \b
     Example:
       partitiond run-once --dsn-file /etc/partitiond/dsn --originator 100
@@ -231,7 +242,11 @@ def run_once(dry_run: bool, **raw: Any) -> None:
     if dry_run:
         _print_plan(settings, sql_too=True)
         return
-    report = pipeline.run_pass(settings, os.environ)
+    lease = LeaderLease(lambda: pipeline.open_connection(settings, os.environ), settings.leader_lock_key)
+    try:
+        report = pipeline.run_pass(settings, os.environ, leader=lease.refresh())
+    finally:
+        lease.release()
     if settings.metrics_textfile is not None:
         _write_textfile(report, settings.metrics_textfile)
     if report.message:
@@ -254,8 +269,11 @@ def _write_textfile(pass_report: pipeline.PassReport, path: Path) -> None:
 def run(**raw: Any) -> None:
     """Run as a daemon: a full pass at start and every --interval, until SIGTERM/SIGINT.
 
-    Serves /metrics, /healthz and /readyz on --metrics-address and speaks systemd's notify protocol
-    (READY, WATCHDOG, STOPPING) when started by systemd with Type=notify.
+    Between full runs it probes positions (adaptive, at most every --probe-interval) and creates a band
+    early when the forecast says the last one runs out within --runway.  Serves /metrics, /healthz and
+    /readyz on --metrics-address, speaks systemd's notify protocol (READY, WATCHDOG, STOPPING) under
+    Type=notify, re-reads its configuration on SIGHUP, and among replicas on one database only the holder
+    of the leader lease (--leader-lock-key) creates partitions.
 
     \b
     Example:
@@ -263,7 +281,8 @@ def run(**raw: Any) -> None:
     """
     from partitiond.daemon import serve
 
-    sys.exit(serve(build_settings(raw), os.environ))
+    load = settings_loader(raw)
+    sys.exit(serve(build_settings(raw, load), os.environ, reload=load))
 
 
 @main.command("plan")
@@ -299,28 +318,51 @@ def status(fmt: str, **raw: Any) -> None:
 
 @main.command("install-sql")
 @click.option("--print", "print_only", is_flag=True, help="Write the SQL to stdout instead of applying it.")
+@click.option(
+    "--security-definer",
+    is_flag=True,
+    help="Make ensure_gateway_parts_v4 run with its owner's rights and revoke the family from PUBLIC. "
+    "Run it as the owner of the envelope tables.",
+)
+@click.option(
+    "--grant-to",
+    "grant_to",
+    multiple=True,
+    metavar="ROLE",
+    help="Role partitiond connects as: gets USAGE on the schema, EXECUTE on the entry points and SELECT on "
+    "gateway_envelopes_latest (repeatable).",
+)
 @settings_options
-def install_sql(print_only: bool, **raw: Any) -> None:
+def install_sql(print_only: bool, security_definer: bool, grant_to: tuple[str, ...], **raw: Any) -> None:
     """Install or upgrade the ensure_gateway_parts_v4 function family (idempotent, one transaction).
 
-    It never creates or alters the envelope tables.
+    It never creates or alters the envelope tables and is not an xmtpd migration: run it again after
+    upgrading partitiond (run/run-once say so, exit 4, when the installed version is outdated).
 
     \b
     Examples:
-      partitiond install-sql --dsn postgresql://owner@db/xmtpd
-      partitiond install-sql --print > partitiond.sql
+      partitiond install-sql --dsn postgresql://xmtpd_owner@db/xmtpd
+      partitiond install-sql --dsn postgresql://xmtpd_owner@db/xmtpd --security-definer --grant-to partitiond
+      partitiond install-sql --print --security-definer --grant-to partitiond > partitiond.sql
     """
     settings = build_settings(raw)
     if print_only:
-        click.echo(sqlfiles.functions_script(settings.schema))
+        click.echo(sqlfiles.functions_script(settings.schema, security_definer, grant_to))
         return
-    _exit_on_failure(lambda: _install(settings))
+    _exit_on_failure(lambda: _install(settings, security_definer, grant_to))
     click.echo(f"installed {sqlfiles.VERSION_MARKER} into schema {settings.schema!r}")
 
 
-def _install(settings: Settings) -> None:
+def _install(settings: Settings, security_definer: bool, grant_to: tuple[str, ...]) -> None:
     with pipeline.open_connection(settings, os.environ) as conn:
-        sqlfiles.install_functions(conn, settings.schema)
+        try:
+            sqlfiles.install_functions(conn, settings.schema, security_definer, grant_to)
+        except psycopg.Error as exc:
+            primary = exc.diag.message_primary or str(exc)
+            hint = f" ({exc.diag.message_hint})" if exc.diag.message_hint else ""
+            # Nearly always the wrong role or schema in the settings: a configuration error (exit 2).
+            message = f"install failed, nothing changed: {primary}{hint}"
+            raise pipeline.PassFailure(pipeline.EXIT_CONFIG, message) from None
 
 
 T = TypeVar("T")
@@ -387,6 +429,29 @@ def _print_table(rows: list[dict[str, object]], columns: list[str]) -> None:
     click.echo("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
     for r in cells:
         click.echo("  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)))
+
+
+@main.command("check")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@settings_options
+def check_command(fmt: str, **raw: Any) -> None:
+    """Verify the partition trees and print a report; exit 0 ok, 1 warning, 2 critical.
+
+    Checks: the band holding each originator's position exists in both trees (critical); runway, which
+    without a rate forecast is headroom: a warning when the position is more than --fill-threshold into
+    the last band of the run and no next band exists (with forecasts: below --runway-warning); every meta
+    band has its blob twin; bounds match --band-width and the (63-byte truncated) names; holes above the
+    current band (holes below it are pruning's and only info); leftover seed constraints, unattached
+    look-alikes, pending detaches and DEFAULT partitions; the top-level foreign keys blob → meta (ON DELETE
+    CASCADE) and blockchain_messages → meta (critical if missing); the installed function version.
+
+    For monitoring, an unreachable database or a bad DSN is critical (exit 2), not exit 3.
+
+    \b
+    Example:
+      partitiond check --dsn-file /etc/partitiond/dsn --format json
+    """
+    sys.exit(check_and_report(build_settings(raw), fmt, os.environ))
 
 
 main.add_command(demo_command)

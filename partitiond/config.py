@@ -27,6 +27,9 @@ INT8 = (-(2**63), 2**63 - 1)
 # other applications pick (so not a small integer).
 PARTITIOND_LEADER_LOCK_KEY = 7_161_636_420_501_652_068
 
+# Flags whose name is not simply the field's: the repeatable --originator fills `originators`.
+FLAG_NAMES = {"originators": "--originator"}
+
 LogFormat = Literal["auto", "json", "console"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 
@@ -320,6 +323,8 @@ class _Origin:
         if _RULES[name].secret:
             return "<hidden>"
         raw = self.given[name][1] if name in self.given else value
+        if isinstance(raw, list | tuple):  # a repeated flag: show the values as the user typed them
+            raw = ",".join(map(str, raw))
         return f'"{raw}"' if isinstance(raw, str) else str(raw)
 
 
@@ -385,7 +390,7 @@ def load_settings(cli: Mapping[str, object], env: Mapping[str, str], config_file
         if name not in _RULES:
             raise ValueError(f"load_settings: {name!r} is not a Settings field")
         if value is not None:
-            layers[name] = ("--" + name.replace("_", "-"), value)
+            layers[name] = (FLAG_NAMES.get(name, "--" + name.replace("_", "-")), value)
     origin = _Origin(layers)
     values = {name: _coerce(name, raw, origin) for name, (_label, raw) in layers.items()}
     _check_relations(_as_dict(_DEFAULTS) | values, origin)

@@ -4,14 +4,16 @@ Each band gets its own short transaction:
 
 1. ``SET LOCAL lock_timeout`` / ``statement_timeout`` — never wait unboundedly in a lock queue, because a
    waiting DDL request blocks every later insert behind it;
-2. the exclusive side of xmtpd's partition-creation advisory lock (key 5), taken with
-   ``pg_try_advisory_xact_lock`` so partitiond does not join the queue in front of inserts; only the last
-   attempt of a band queues, and then for at most ``lock_timeout``;
+2. the exclusive side of xmtpd's partition-creation advisory lock (key 5).  partitiond first tries it
+   without queueing (``pg_try_advisory_xact_lock``, a few jittered tries milliseconds apart), so it takes
+   the lock in a gap between inserts when there is one.  Under continuous traffic there is no gap — some
+   insert always holds the shared side — so it then queues like xmtpd's own cold path, but never longer
+   than ``lock_timeout``: that bounds the stall any insert arriving meanwhile can see;
 3. ``SELECT ensure_gateway_parts_v4(...)``, which creates whatever of meta/blob L1/L2 is missing.
 
-Lock timeouts, deadlocks, serialisation failures and a busy protocol lock are retried with jittered
-exponential backoff, bounded per band (``lock_attempts``) and per run (``retry_budget`` seconds of
-backoff).  Any other error fails that band only: the caller moves on to the next one.
+Lock timeouts, deadlocks and serialisation failures are retried with jittered exponential backoff,
+bounded per band (``lock_attempts``) and per run (``retry_budget`` seconds of backoff).  Any other error
+fails that band only: the caller moves on to the next one.
 """
 
 from __future__ import annotations
@@ -33,10 +35,8 @@ Status = Literal["created", "existed", "failed"]
 
 BACKOFF_BASE = 0.02
 BACKOFF_CAP = 2.0
-
-
-class ProtocolLockBusy(Exception):
-    """The exclusive side of the protocol lock could not be had without queueing."""
+TRY_LOCK_TRIES = 20
+TRY_LOCK_GAP = (0.001, 0.005)  # seconds between non-queueing tries: inserts take a few ms each
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +47,7 @@ class Outcome:
     status: Status
     attempts: int
     lock_wait: float
-    failure: str | None = None  # lock_timeout|deadlock|serialization|lock_busy|other
+    failure: str | None = None  # lock_timeout|deadlock|serialization|other
     error: str | None = None
 
 
@@ -67,8 +67,6 @@ class RetryBudget:
 
 def classify(exc: BaseException) -> str:
     """Map an error to a retry class (and a metrics label)."""
-    if isinstance(exc, ProtocolLockBusy):
-        return "lock_busy"
     if isinstance(exc, errors.LockNotAvailable):
         return "lock_timeout"
     if isinstance(exc, errors.DeadlockDetected):
@@ -104,11 +102,9 @@ class Executor:
             final = attempts >= self.settings.lock_attempts
             started = time.perf_counter()
             try:
-                existed = self._attempt(planned, queue_for_lock=final)
+                existed = self._attempt(planned)
             except psycopg.Error as exc:
                 failure, error = classify(exc), _one_line(exc)
-            except ProtocolLockBusy as exc:
-                failure, error = classify(exc), str(exc)
             else:
                 waited += time.perf_counter() - started
                 return Outcome(planned, "existed" if existed else "created", attempts, waited)
@@ -122,7 +118,7 @@ class Executor:
         """Full-jitter exponential backoff: spreads competing creators apart instead of in lock-step."""
         return self.rng.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt))
 
-    def _attempt(self, planned: PlannedBand, *, queue_for_lock: bool) -> bool:
+    def _attempt(self, planned: PlannedBand) -> bool:
         """One transaction for one band; returns whether the band already existed in both trees."""
         s = self.settings
         with self.conn.transaction():
@@ -131,7 +127,7 @@ class Executor:
                 [_pg_interval(s.lock_timeout), _pg_interval(s.statement_timeout)],
             )
             if s.protocol_lock:
-                self._protocol_lock(queue=queue_for_lock)
+                self._protocol_lock()
             row = self.conn.execute(
                 "SELECT partitiond_band_exists(%(oid)s, %(start)s, %(end)s)",
                 {"oid": planned.originator, "start": planned.band.start, "end": planned.band.end},
@@ -142,15 +138,15 @@ class Executor:
             )
         return bool(row and row[0])
 
-    def _protocol_lock(self, *, queue: bool) -> None:
+    def _protocol_lock(self) -> None:
+        """Exclusive side of xmtpd's key: in a gap between inserts if one comes, else queued (bounded)."""
         key = self.settings.protocol_lock_key
-        if queue:
-            # Last attempt: queue like xmtpd's own cold path does, but never longer than lock_timeout.
-            self.conn.execute("SELECT pg_advisory_xact_lock(%s)", [key])
-            return
-        row = self.conn.execute("SELECT pg_try_advisory_xact_lock(%s)", [key]).fetchone()
-        if not (row and row[0]):
-            raise ProtocolLockBusy(f"advisory lock {key} is held by inserts; not queueing in front of them")
+        for _ in range(TRY_LOCK_TRIES):
+            row = self.conn.execute("SELECT pg_try_advisory_xact_lock(%s)", [key]).fetchone()
+            if row and row[0]:
+                return
+            self.sleep(self.rng.uniform(*TRY_LOCK_GAP))
+        self.conn.execute("SELECT pg_advisory_xact_lock(%s)", [key])  # waits at most lock_timeout
 
 
 def _one_line(exc: psycopg.Error) -> str:

@@ -50,8 +50,8 @@ NAMESPACE = "partitiond"
 RUN_RESULTS = ("success", "partial", "failed", "standby", "follower", "skipped")
 TABLES = ("meta", "blob")
 LEVELS = ("l1", "l2")
-ENSURE_FAILURE_REASONS = ("lock_timeout", "deadlock", "serialization", "lock_busy", "other")
-NOOP_REASONS = ("standby", "follower", "disabled")
+ENSURE_FAILURE_REASONS = ("lock_timeout", "deadlock", "serialization", "other")
+NOOP_REASONS = ("standby", "follower")
 RUN_DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 LOCK_WAIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 

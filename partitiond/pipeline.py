@@ -20,7 +20,7 @@ import psycopg
 import structlog
 
 from partitiond import catalog, sqlfiles
-from partitiond.bands import Band
+from partitiond.bands import Band, band_for
 from partitiond.config import Settings
 from partitiond.dsn import DsnError, connect_kwargs, redact, resolve_dsn
 from partitiond.executor import Executor, Outcome, RetryBudget
@@ -28,7 +28,8 @@ from partitiond.forecast import Forecast, RateEstimator
 from partitiond.planner import OriginatorStatus, Plan, Policy, assess, plan
 
 Conn = psycopg.Connection[Any]
-Result = Literal["success", "partial", "failed", "standby", "stopped"]
+Result = Literal["success", "partial", "failed", "standby", "stopped", "follower"]
+Kind = Literal["run", "probe"]
 
 EXIT_OK = 0
 EXIT_BANDS_FAILED = 1
@@ -81,7 +82,14 @@ def open_connection(settings: Settings, env: Mapping[str, str]) -> Conn:
     try:
         return psycopg.connect(conninfo, autocommit=True)
     except psycopg.Error as exc:
-        raise PassFailure(EXIT_SERVER, f"cannot connect to PostgreSQL: {redact(str(exc)).strip()}") from None
+        raise PassFailure(
+            EXIT_SERVER, f"cannot connect to PostgreSQL: {one_line(redact(str(exc)))}"
+        ) from None
+
+
+def one_line(text: str) -> str:
+    """libpq's messages span lines ("\tIs the server running…"); a log field or an error should not."""
+    return " ".join(text.split())
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +100,7 @@ class Snapshot:
     inventory: catalog.Inventory
     positions: dict[int, int | None]
     taken_at: float
+    rejected: dict[int, str] = field(default_factory=dict)  # originator -> why no band can hold it
 
 
 def verify(state: catalog.ServerState, schema: str) -> None:
@@ -138,17 +147,73 @@ def check_band_width(inventory: catalog.Inventory, width: int) -> None:
             )
 
 
-def take_snapshot(conn: Conn, settings: Settings, *, require_function: bool = True) -> Snapshot:
+def take_snapshot(
+    conn: Conn, settings: Settings, *, require_function: bool = True, known: catalog.Inventory | None = None
+) -> Snapshot:
+    """Server state, partitions and positions.  With ``known`` (a probe), the catalog is not read again."""
     state = catalog.server_state(conn, settings.schema)
     try:
         verify(state, settings.schema)
     except PassFailure as exc:
         if require_function or exc.exit_code != EXIT_MISSING or not (state.has_meta and state.has_blob):
             raise
+    inv = known if known is not None else read_inventory(conn, settings)
+    positions, rejected = screen_positions(
+        catalog.positions(conn, settings.schema, state, inv, settings.originators), settings.band_width
+    )
+    return Snapshot(state, inv, positions, time.monotonic(), rejected)
+
+
+def screen_positions(
+    positions: Mapping[int, int | None], width: int
+) -> tuple[dict[int, int | None], dict[int, str]]:
+    """Set aside positions no band can hold (negative, or past the last storable band), with the reason.
+
+    Such a value is corrupt or hostile input; rejecting it per originator keeps one bad value from
+    stopping the pass for everybody else, and the pass then counts it as failed (exit 1).
+    """
+    kept: dict[int, int | None] = {}
+    rejected: dict[int, str] = {}
+    for originator, position in positions.items():
+        problem = _unstorable(position, width)
+        if problem:
+            rejected[originator] = problem
+            log.error("originator skipped", originator=originator, position=position, reason=problem)
+        else:
+            kept[originator] = position
+    return kept, rejected
+
+
+def _unstorable(position: int | None, width: int) -> str:
+    """Why no band can hold ``position`` ("" when one can)."""
+    if position is None:
+        return ""
+    try:
+        band_for(position, width)
+    except ValueError as exc:
+        return str(exc)
+    return ""
+
+
+def read_inventory(conn: Conn, settings: Settings) -> catalog.Inventory:
     inv = catalog.inventory(conn, settings.schema)
     check_band_width(inv, settings.band_width)
-    positions = catalog.positions(conn, settings.schema, state, inv, settings.originators)
-    return Snapshot(state, inv, positions, time.monotonic())
+    return inv
+
+
+def plan_pass(
+    conn: Conn, settings: Settings, estimator: RateEstimator | None, known: catalog.Inventory | None
+) -> tuple[Snapshot, Plan]:
+    """Snapshot and plan.  A probe plans against the inventory cached from earlier passes and reads the
+    catalog only when that plan wants DDL, so no band is ever created on the word of a stale cache."""
+    snapshot = take_snapshot(conn, settings, known=known)
+    forecasts = forecasts_from(snapshot, settings, estimator)
+    policy = policy_for(settings)
+    the_plan = plan(snapshot.inventory.views(snapshot.positions), policy, forecasts)
+    if the_plan.creates and known is not None:
+        snapshot = replace(snapshot, inventory=read_inventory(conn, settings))
+        the_plan = plan(snapshot.inventory.views(snapshot.positions), policy, forecasts)
+    return snapshot, the_plan
 
 
 def policy_for(settings: Settings) -> Policy:
@@ -217,7 +282,10 @@ class PassReport:
     plan: Plan | None = None
     outcomes: tuple[Outcome, ...] = ()
     statuses: tuple[OriginatorStatus, ...] = ()  # after this pass's creations
+    new_l1: int = 0  # originators that got their L1 (in both trees) in this pass
     message: str | None = None
+    kind: Kind = "run"
+    inventory: catalog.Inventory | None = None  # what exists after this pass: a probe's cache
     counts: dict[str, int] = field(default_factory=dict)
 
 
@@ -237,11 +305,11 @@ def apply(conn: Conn, the_plan: Plan, settings: Settings, control: RunControl | 
             raise PassFailure(EXIT_SERVER, "lost the connection to PostgreSQL during the run")
         outcome = executor.ensure(planned, budget)
         outcomes.append(outcome)
-        _log_outcome(outcome, settings)
+        _log_outcome(outcome, interrupted=control.stop.is_set())
     return outcomes
 
 
-def _log_outcome(outcome: Outcome, settings: Settings) -> None:
+def _log_outcome(outcome: Outcome, *, interrupted: bool) -> None:
     p = outcome.planned
     fields: dict[str, object] = {
         "originator": p.originator,
@@ -252,7 +320,10 @@ def _log_outcome(outcome: Outcome, settings: Settings) -> None:
         "attempts": outcome.attempts,
         "lock_wait_ms": round(outcome.lock_wait * 1000, 1),
     }
-    if outcome.status == "failed":
+    if outcome.status == "failed" and interrupted:
+        # Cancelled by our own shutdown: the transaction rolled back whole; the next start does it.
+        log.warning("band interrupted by shutdown", error=outcome.error, **fields)
+    elif outcome.status == "failed":
         log.error("band failed", failure=outcome.failure, error=outcome.error, **fields)
     elif outcome.status == "created":
         log.info("band created", **fields)
@@ -278,26 +349,36 @@ def run_pass(
     env: Mapping[str, str],
     estimator: RateEstimator | None = None,
     control: RunControl | None = None,
+    known: catalog.Inventory | None = None,
+    leader: bool = True,
 ) -> PassReport:
-    """One full pass.  Never raises for database trouble: the report says what happened."""
+    """One pass.  Never raises for database trouble: the report says what happened.
+
+    Without ``known`` it is a full run (the catalog is read); with ``known`` it is a probe: one read of
+    the positions, and a catalog read plus DDL only if the forecast requires a band.  A follower
+    (``leader=False``) reads and plans — its metrics stay meaningful — but creates nothing.
+    """
+    kind: Kind = "run" if known is None else "probe"
     started = time.monotonic()
     control = control or RunControl()
     try:
         with open_connection(settings, env) as conn:
             control.attach(conn)
             try:
-                snapshot = take_snapshot(conn, settings)
-                the_plan = make_plan(snapshot, settings, estimator)
-                outcomes = apply(conn, the_plan, settings, control)
+                snapshot, the_plan = plan_pass(conn, settings, estimator, known)
+                outcomes = apply(conn, the_plan, settings, control) if leader else []
                 statuses = statuses_after(snapshot, settings, outcomes, estimator)
             finally:
                 control.attach(None)
     except PassFailure as exc:
-        return _failed(exc, started)
+        return _failed(exc, started, kind)
     except psycopg.Error as exc:
-        return _failed(PassFailure(EXIT_SERVER, f"database error: {redact(str(exc)).strip()}"), started)
+        return _failed(
+            PassFailure(EXIT_SERVER, f"database error: {one_line(redact(str(exc)))}"), started, kind
+        )
     counts = summarise(the_plan, outcomes)
-    result: Result = "partial" if counts["failed"] else "success"
+    counts["failed"] += len(snapshot.rejected)
+    result: Result = "follower" if not leader else "partial" if counts["failed"] else "success"
     report = PassReport(
         result=result,
         exit_code=EXIT_BANDS_FAILED if counts["failed"] else EXIT_OK,
@@ -306,15 +387,25 @@ def run_pass(
         outcomes=tuple(outcomes),
         statuses=statuses,
         counts=counts,
+        kind=kind,
+        inventory=snapshot.inventory.with_bands(o.planned for o in outcomes if o.status != "failed"),
+        new_l1=len(
+            {o.planned.originator for o in outcomes if o.status == "created"}
+            - snapshot.inventory.originators()
+        ),
     )
-    log.info("run finished", result=result, duration_ms=round(report.duration * 1000, 1), **counts)
+    # A probe that found nothing to do is routine (up to one a second): debug, counted in the metrics.
+    quiet = kind == "probe" and (not counts["planned"] or not leader)
+    (log.debug if quiet else log.info)(
+        f"{kind} finished", result=result, duration_ms=round(report.duration * 1000, 1), **counts
+    )
     return report
 
 
-def _failed(exc: PassFailure, started: float) -> PassReport:
-    report = PassReport(exc.result, exc.exit_code, time.monotonic() - started, message=str(exc))
+def _failed(exc: PassFailure, started: float, kind: Kind = "run") -> PassReport:
+    report = PassReport(exc.result, exc.exit_code, time.monotonic() - started, message=str(exc), kind=kind)
     if exc.result in ("standby", "stopped"):
-        log.warning("run skipped", result=exc.result, reason=str(exc))
+        log.warning(f"{kind} skipped", result=exc.result, reason=str(exc))
     else:
-        log.error("run failed", result=exc.result, reason=str(exc), exit_code=exc.exit_code)
+        log.error(f"{kind} failed", result=exc.result, reason=str(exc), exit_code=exc.exit_code)
     return report

@@ -307,3 +307,24 @@ def _duration(seconds: float) -> str:
     if minutes:
         return f"{minutes}m{secs}s"
     return f"{secs}s"
+
+
+def next_probe_delay(
+    statuses: Iterable[OriginatorStatus], probe_interval: float, warmup: float = 5.0
+) -> float:
+    """Seconds until the next position probe: adaptive, so fast originators are looked at more often.
+
+    ``min(probe_interval, max(floor, least seconds_to_exhaustion / 2))``: a band about to run out is looked
+    at again before it does.  An originator with rows but no rate yet (daemon just started, or its history
+    was reset) gets a second reading after ``warmup`` seconds, because until then only the fill threshold
+    can act — the runway simulation shows that gap costs a cold-path insert at high rates.  The floor,
+    1 s or the probe interval if that is shorter, bounds the probe rate.
+    """
+    floor = min(1.0, probe_interval)
+    delay = probe_interval
+    for status in statuses:
+        if status.seconds_to_exhaustion is not None:
+            delay = min(delay, max(floor, status.seconds_to_exhaustion / 2.0))
+        elif status.position is not None:
+            delay = min(delay, warmup)
+    return delay

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-from partitiond.metrics import Metrics
+from partitiond.metrics import RUN_RESULTS, Metrics
 from partitiond.pipeline import PassReport
 
-NOOP_RESULTS = {"standby": "standby"}
+NOOP_RESULTS = {"standby": "standby", "follower": "follower"}
 
 
 def record(metrics: Metrics, report: PassReport) -> None:
     """Record one pass: result, duration, creations, failures, lock waits and per-originator runway."""
-    result = report.result if report.result in ("success", "partial", "failed", "standby") else "skipped"
-    metrics.runs.labels(result=result).inc()
-    metrics.run_duration.observe(report.duration)
+    result = report.result if report.result in RUN_RESULTS else "skipped"
+    if report.kind == "probe":
+        metrics.probes.labels(result=result).inc()
+    else:
+        metrics.runs.labels(result=result).inc()
+        metrics.run_duration.observe(report.duration)
+        if report.result == "success":
+            metrics.last_success.set_to_current_time()
     metrics.set_noop(NOOP_RESULTS.get(report.result))
-    if report.result == "success":
-        metrics.last_success.set_to_current_time()
     has_rows = (
         {s.originator for s in report.plan.statuses if s.position is not None} if report.plan else set()
     )
@@ -29,6 +32,8 @@ def record(metrics: Metrics, report: PassReport) -> None:
             if outcome.planned.kind == "repair" and outcome.planned.originator in has_rows:
                 # The band holding a stored position was missing: inserts had to (or will) take the cold path.
                 metrics.cold_path.labels(originator=str(outcome.planned.originator)).inc()
+    for table in ("meta", "blob"):
+        metrics.partitions_created.labels(table=table, level="l1").inc(report.new_l1)
     if report.plan is not None:
         for status in report.statuses:
             metrics.set_originator(

@@ -7,6 +7,7 @@ schema for one transaction, and every function pins that path with ``SET search_
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import psycopg
@@ -33,17 +34,36 @@ def _read_dir(name: str) -> str:
     return "\n".join(f.read_text(encoding="utf-8") for f in files)
 
 
-def _functions_body() -> str:
+def _grants(schema: str, roles: Sequence[str]) -> str:
+    """What partitiond's runtime role needs: the schema, the two entry points, and the vector clock."""
+    statements = [
+        sql.SQL(
+            "GRANT USAGE ON SCHEMA {schema} TO {role};\n"
+            "GRANT EXECUTE ON FUNCTION {ensure}, partitiond_band_exists(integer, bigint, bigint) TO {role};\n"
+            "GRANT SELECT ON gateway_envelopes_latest TO {role};"
+        ).format(schema=sql.Identifier(schema), ensure=sql.SQL(ENSURE_SIGNATURE), role=sql.Identifier(role))
+        for role in roles
+    ]
+    return "\n".join(s.as_string() for s in statements)
+
+
+def _functions_body(schema: str, security_definer: bool, grant_to: Sequence[str]) -> str:
     marker = sql.SQL("COMMENT ON FUNCTION {sig} IS {marker};").format(
         sig=sql.SQL(ENSURE_SIGNATURE), marker=sql.Literal(VERSION_MARKER)
     )
-    return _read_dir("functions") + "\n" + marker.as_string()
+    parts = [_read_dir("functions"), marker.as_string()]
+    if security_definer:
+        parts.append(_read_dir("privileges"))
+    parts.append(_grants(schema, grant_to))
+    return "\n".join(parts)
 
 
-def functions_script(schema: str = "public") -> str:
+def functions_script(
+    schema: str = "public", security_definer: bool = False, grant_to: Sequence[str] = ()
+) -> str:
     """The whole install as a DBA would apply it with psql: one transaction, search_path set for it."""
     path = sql.SQL("SET LOCAL search_path = {}, pg_temp;").format(sql.Identifier(schema)).as_string()
-    return f"BEGIN;\n{path}\n{_functions_body()}\nCOMMIT;\n"
+    return f"BEGIN;\n{path}\n{_functions_body(schema, security_definer, grant_to)}\nCOMMIT;\n"
 
 
 def schema_script() -> str:
@@ -57,9 +77,14 @@ def _apply(conn: psycopg.Connection[object], script: str, schema: str) -> None:
         conn.execute(script.encode())
 
 
-def install_functions(conn: psycopg.Connection[object], schema: str = "public") -> None:
-    """Install or upgrade the function family idempotently, in one transaction."""
-    _apply(conn, _functions_body(), schema)
+def install_functions(
+    conn: psycopg.Connection[object],
+    schema: str = "public",
+    security_definer: bool = False,
+    grant_to: Sequence[str] = (),
+) -> None:
+    """Install or upgrade the function family idempotently, in one transaction (all or nothing)."""
+    _apply(conn, _functions_body(schema, security_definer, grant_to), schema)
 
 
 def install_schema(conn: psycopg.Connection[object], schema: str = "public") -> None:

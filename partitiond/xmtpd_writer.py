@@ -32,6 +32,22 @@ WITH m AS (
 SELECT (SELECT count(*) FROM m) + (SELECT count(*) FROM b)
 """
 
+INSERT_BATCH = """
+WITH m AS (
+    INSERT INTO gateway_envelopes_meta
+        (originator_node_id, originator_sequence_id, topic, payer_id, expiry)
+    SELECT %(oid)s, s, 'topic', NULL, %(expiry)s FROM unnest(%(seqs)s::bigint[]) AS s
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+), b AS (
+    INSERT INTO gateway_envelopes_blob (originator_node_id, originator_sequence_id, originator_envelope)
+    SELECT %(oid)s, s, %(envelope)s FROM unnest(%(seqs)s::bigint[]) AS s
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM m) + (SELECT count(*) FROM b)
+"""
+
 MAX_ATTEMPTS = 10
 
 
@@ -60,11 +76,7 @@ class LazyWriter:
     stats: WriterStats = field(default_factory=WriterStats)
 
     def insert(self, oid: int, seq: int, payload: bytes = b"x" * 64) -> None:
-        """Insert one envelope, creating its band on the cold path if it is missing.
-
-        The latency recorded covers the whole call, cold path included: that is what a client of xmtpd
-        would feel.
-        """
+        """Insert one envelope (xmtpd's InsertGatewayEnvelopeV3), creating its band on the cold path."""
         params = {
             "oid": oid,
             "seq": seq,
@@ -72,16 +84,31 @@ class LazyWriter:
             "expiry": 2**40,
             "envelope": payload,
         }
+        self._write(INSERT_ENVELOPE, params, oid, [seq])
+
+    def insert_batch(self, oid: int, seqs: list[int], payload: bytes = b"x" * 64) -> None:
+        """Insert many envelopes in one statement (xmtpd's batch insert); on a missing band, every band of
+        the batch is ensured, one transaction each, as EnsureGatewayPartitionsForBatch does."""
+        params = {"oid": oid, "seqs": seqs, "expiry": 2**40, "envelope": payload}
+        self._write(INSERT_BATCH, params, oid, seqs)
+
+    def _write(self, statement: str, params: dict[str, object], oid: int, seqs: list[int]) -> None:
+        """The protocol: shared side of the lock, one statement; cold path and retry on a missing band.
+
+        The latency recorded covers the whole call, cold path included: that is what a client of xmtpd
+        would feel.
+        """
         started = time.perf_counter()
         needs_band = False
         for _ in range(MAX_ATTEMPTS):
             try:
                 if needs_band:
-                    self._create_band(oid, seq)
+                    for start in sorted({s // self.band_width * self.band_width for s in seqs}):
+                        self._create_band(oid, start)
                     needs_band = False
                 with self.conn.transaction():
                     self.conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", [self.protocol_lock_key])
-                    self.conn.execute(INSERT_ENVELOPE, params)
+                    self.conn.execute(statement, params)
             except errors.DeadlockDetected:
                 self.stats.deadlocks += 1
                 continue
@@ -91,10 +118,10 @@ class LazyWriter:
                 self.stats.cold_path += 1
                 needs_band = True
                 continue
-            self.stats.inserted += 1
+            self.stats.inserted += len(seqs)
             self.stats.latencies.append(time.perf_counter() - started)
             return
-        raise RuntimeError(f"envelope ({oid}, {seq}) not inserted after {MAX_ATTEMPTS} attempts")
+        raise RuntimeError(f"envelopes of originator {oid} not inserted after {MAX_ATTEMPTS} attempts")
 
     def _create_band(self, oid: int, seq: int) -> None:
         """xmtpd's EnsureGatewayPartitions: own transaction, exclusive side of the protocol lock."""

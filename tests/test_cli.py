@@ -110,7 +110,7 @@ def test_run_once_creates_and_exits_0(conn: Conn, db_dsn: str) -> None:
     )
     assert result.returncode == 0, result.stderr
     events = [json.loads(line)["event"] for line in result.stderr.splitlines()]
-    assert events == ["band created", "run finished"]
+    assert events == ["became leader", "band created", "run finished"]
     assert l2_bounds(conn, "gateway_envelopes_meta", 7) == ["FOR VALUES FROM ('0') TO ('1000000')"]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -12,6 +13,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO
 
 import psycopg
 import pytest
@@ -31,12 +33,15 @@ def wait_for(condition: Callable[[], bool], deadline: float, what: str) -> None:
     raise AssertionError(f"timed out after {deadline}s waiting for {what}")
 
 
-def start_daemon(dsn: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+def start_daemon(
+    dsn: str, *args: str, env: dict[str, str] | None = None, log: IO[str] | None = None
+) -> subprocess.Popen[str]:
+    """Start `partitiond run`; pass ``log`` for long runs, since nobody drains a pipe while the test runs."""
     return subprocess.Popen(
         [sys.executable, "-m", "partitiond", "run", "--log-format", "json", *args],
         env={**os.environ, "PARTITIOND_DSN": dsn, **(env or {})},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE if log is None else log,
+        stderr=subprocess.PIPE if log is None else log,
         text=True,
     )
 
@@ -127,3 +132,27 @@ def test_sigterm_mid_run_cancels_the_waiting_ensure_and_exits_0(conn: Conn, db_d
         holder.rollback()
     assert leftovers(conn) == []
     assert l2_bounds(conn, "gateway_envelopes_meta", 100) == []
+
+
+@pytest.mark.slow
+def test_watchdog_pings_only_when_systemd_asks(db_dsn: str, notify_socket: socket.socket) -> None:
+    proc = start_daemon(
+        db_dsn,
+        *("--interval", "1h", "--metrics-address", ""),
+        env={"NOTIFY_SOCKET": notify_socket.getsockname(), "WATCHDOG_USEC": "1000000"},
+    )
+    try:
+        assert notify_socket.recv(64) == b"READY=1"
+        assert notify_socket.recv(64) == b"WATCHDOG=1"  # every WATCHDOG_USEC / 2
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    messages = []
+    with contextlib.suppress(TimeoutError):
+        notify_socket.settimeout(1)
+        while True:
+            messages.append(notify_socket.recv(64))
+    assert messages[-1] == b"STOPPING=1"
+    assert set(messages) <= {b"WATCHDOG=1", b"STOPPING=1"}

@@ -20,19 +20,18 @@ from bench.runway_sim import (
     idle_wakeup_trace,
     main,
     new_originator_trace,
-    next_probe_delay,
     render,
     run_all,
     simulate,
 )
 from partitiond.bands import Band
-from partitiond.planner import OriginatorStatus
+from partitiond.planner import OriginatorStatus, next_probe_delay
 
 DAY = SimConfig(days=1.0)
 
 
-def _status(seconds: float | None) -> OriginatorStatus:
-    return OriginatorStatus(1, 5, Band(0, 10), Band(0, 10), 4, 0.5, seconds)
+def _status(seconds: float | None, position: int | None = 5) -> OriginatorStatus:
+    return OriginatorStatus(1, position, Band(0, 10), Band(0, 10), 4, 0.5, seconds)
 
 
 def _results(trace: Trace) -> dict[str, Result]:
@@ -41,7 +40,7 @@ def _results(trace: Trace) -> dict[str, Result]:
 
 def test_partitiond_has_no_cold_path_hits_at_10000_ids_per_second() -> None:
     results = _results(constant_trace(10_000))
-    for name in ("partitiond", "partitiond-adaptive"):
+    for name in ("partitiond", "partitiond-fixed"):
         assert results[name].cold_hits == 0, name
         assert results[name].max_ahead <= 1, name
         assert results[name].bands_crossed == 864
@@ -65,7 +64,7 @@ def test_xmtpd_misses_at_1000_ids_per_second() -> None:
     ids=lambda t: t.name,
 )
 def test_partitiond_stays_ahead_on_other_traces(trace: Trace) -> None:
-    for name in ("partitiond", "partitiond-adaptive"):
+    for name in ("partitiond", "partitiond-fixed"):
         result = simulate(trace, name, DAY)
         assert result.cold_hits == 0, name
         assert result.max_ahead <= 1, name
@@ -79,10 +78,10 @@ def test_an_unconfigured_new_originator_costs_exactly_its_first_write() -> None:
 def test_adaptive_probing_keeps_up_where_fixed_probes_cannot() -> None:
     # 20,000 ids/s fills a band in 50 s, less than the 60 s probe interval.
     results = _results(constant_trace(20_000))
-    assert results["partitiond"].cold_hits > 0
-    # Only the first band: the first reading has no rate, the second comes after 60 s.
-    assert results["partitiond-adaptive"].cold_hits == 1
-    assert results["partitiond-adaptive"].max_ahead <= 1
+    assert results["partitiond-fixed"].cold_hits > 0
+    # The warm-up probe (5 s after the first reading) gives a rate before the first band runs out.
+    assert results["partitiond"].cold_hits == 0
+    assert results["partitiond"].max_ahead <= 1
 
 
 def test_simulation_is_deterministic() -> None:
@@ -106,14 +105,15 @@ def test_a_write_that_beats_the_ddl_is_a_cold_path_hit() -> None:
 
 
 def test_next_probe_delay_is_half_the_least_time_to_exhaustion() -> None:
-    assert next_probe_delay([_status(100.0), _status(30.0), _status(None)], 60.0) == 15.0
+    assert next_probe_delay([_status(100.0), _status(30.0), _status(None, position=None)], 60.0) == 15.0
     assert next_probe_delay([_status(1000.0)], 60.0) == 60.0
     assert next_probe_delay([_status(math.inf)], 60.0) == 60.0
 
 
 def test_next_probe_delay_bounds() -> None:
     assert next_probe_delay([], 60.0) == 60.0
-    assert next_probe_delay([_status(None)], 60.0) == 60.0
+    assert next_probe_delay([_status(None, position=None)], 60.0) == 60.0
+    assert next_probe_delay([_status(None)], 60.0) == 5.0  # rows but no rate yet: warm up quickly
     assert next_probe_delay([_status(0.0)], 60.0) == 1.0
     assert next_probe_delay([_status(0.5)], 60.0) == 1.0
 

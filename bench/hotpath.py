@@ -1,0 +1,709 @@
+"""Hot-path benchmark: xmtpd's lazy insert protocol with and without partitiond, on real PostgreSQL.
+
+K writer threads (default 8) share M originators (default 4); each originator has one sequence that its
+writers draw from in order, like xmtpd's per-originator sequence.  Every insert follows xmtpd's protocol
+(:class:`partitiond.xmtpd_writer.LazyWriter`): meta and blob in one statement inside a transaction holding
+the shared side of advisory key 5; on 23514 roll back, create the band under the exclusive side in its own
+transaction, retry.  Writers run flat out for a fixed duration.
+
+Two modes, measured in the same run and alternated per round (ABBA), each on a fresh database copied from
+one template:
+
+* ``lazy``: no partitiond, every band crossing is a cold-path creation by a writer;
+* ``partitiond``: the real daemon (``python -m partitiond run``) in a subprocess with short intervals; the
+  writers start once its first run has finished and stop before it gets SIGTERM.
+
+Reported per mode (counts summed over rounds, latencies pooled): envelopes/s, band crossings, cold-path
+creations (a writer got 23514 and created the band itself; two writers hitting the same missing band count
+twice), 40P01 deadlocks, insert latency p50/p99/max (the whole ``insert`` call, cold path included),
+inserts stalled > 100 ms, and rows lost (acknowledged inserts missing from gateway_envelopes_meta or
+gateway_envelopes_blob at the end).  Below the table: the p99 ratio, how many stalls coincided with a band
+creation (key 5 held exclusively), partitiond's runs, probes, bands and CPU, and the issue's targets.
+``--json`` adds per-round numbers and timelines (stalls, band creations).  Progress goes to stderr.
+
+    python bench/hotpath.py [--writers 8] [--originators 4] [--band-width 10000] [--duration 30]
+                            [--rounds 2] [--seed 1] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import random
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from partitiond import sqlfiles
+from partitiond.cluster import LocalCluster, throwaway_cluster
+from partitiond.demo import DaemonLog, percentile
+from partitiond.xmtpd_writer import LazyWriter, WriterStats
+
+MODES = ("lazy", "partitiond")
+TEMPLATE_DB = "hotpath_template"
+STALL_SECONDS = 0.100
+CREATION_SLACK = 0.25  # a blocked insert ends shortly after the band's commit; log lines come a bit later
+PAYLOAD_VARIANTS = 32
+CONNECT_DEADLINE = 60.0
+FIRST_RUN_DEADLINE = 60.0
+DAEMON_STOP_TIMEOUT = 15.0
+WRITER_JOIN_TIMEOUT = 60.0
+# partitiond's timing in partitiond mode (the issue's "short intervals").
+DAEMON_INTERVAL = "5s"
+DAEMON_PROBE_INTERVAL = "1s"
+DAEMON_RUNWAY = "30s"
+
+Conn = psycopg.Connection[Any]
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    writers: int = 8
+    originators: int = 4
+    band_width: int = 10_000
+    duration: float = 30.0
+    rounds: int = 2
+    seed: int = 1
+
+    @property
+    def originator_ids(self) -> tuple[int, ...]:
+        return tuple(range(1, self.originators + 1))
+
+    def command_line(self, json_path: str | None = None) -> str:
+        argv = [
+            *("--writers", str(self.writers), "--originators", str(self.originators)),
+            *("--band-width", str(self.band_width), "--duration", f"{self.duration:g}"),
+            *("--rounds", str(self.rounds), "--seed", str(self.seed)),
+        ]
+        if json_path is not None:
+            argv += ["--json", json_path]
+        return "$ python bench/hotpath.py " + shlex.join(argv)
+
+
+# --- one measured run of one mode ---------------------------------------------------------------------
+
+
+class OriginatorSequence:
+    """One originator's sequence ids, handed out strictly increasing to every writer that shares it."""
+
+    def __init__(self, first: int = 1) -> None:
+        self._ids = itertools.count(first)
+        self._lock = threading.Lock()
+
+    def next(self) -> int:
+        with self._lock:
+            return next(self._ids)
+
+
+@dataclass
+class Writer:
+    """One writer thread with its own connection, writing one originator's envelopes as fast as it can."""
+
+    oid: int
+    sequence: OriginatorSequence
+    dsn: str
+    band_width: int
+    seed: int
+    stats: WriterStats = field(default_factory=WriterStats)
+    error: str | None = None
+    # (wall-clock start, latency, took the cold path) of every stalled or cold-path insert
+    events: list[tuple[float, float, bool]] = field(default_factory=list)
+
+    def run(self, start: threading.Barrier, stop: threading.Event) -> None:
+        rng = random.Random(self.seed)  # payload variety, not crypto
+        payloads = [rng.randbytes(rng.randint(64, 512)) for _ in range(PAYLOAD_VARIANTS)]
+        try:
+            with psycopg.connect(self.dsn, autocommit=True, application_name="hotpath-writer") as conn:
+                writer = LazyWriter(conn, band_width=self.band_width, stats=self.stats)
+                start.wait(CONNECT_DEADLINE)
+                while not stop.is_set():
+                    cold = self.stats.cold_path
+                    writer.insert(self.oid, self.sequence.next(), rng.choice(payloads))
+                    latency = self.stats.latencies[-1]
+                    if latency > STALL_SECONDS or self.stats.cold_path != cold:
+                        self.events.append((time.time() - latency, latency, self.stats.cold_path != cold))
+        except threading.BrokenBarrierError:
+            self.error = "start barrier broken (another writer failed to connect)"
+        except Exception as exc:
+            start.abort()
+            self.error = f"{type(exc).__name__}: {exc}".strip()
+
+
+@dataclass
+class ModeRun:
+    """What one mode did in one round, and what the database holds afterwards."""
+
+    mode: str
+    round: int
+    seconds: float
+    acknowledged: dict[int, int]
+    in_meta: dict[int, int]
+    in_blob: dict[int, int]
+    crossings: int
+    cold_path: int
+    deadlocks: int
+    latencies: list[float]
+    errors: list[str]
+    stalls: list[tuple[float, float]]  # (seconds after the writers started, latency) of inserts > 100 ms
+    creations: list[float] = field(default_factory=list)  # seconds after the start: bands created
+    started_wall: float = 0.0
+    daemon_runs: int = 0
+    daemon_probes: int = 0
+    daemon_created: int = 0
+    daemon_attempts: list[int] = field(default_factory=list)  # per band created while the writers ran
+    daemon_failures: list[str] = field(default_factory=list)  # logged while the writers ran
+    daemon_stop_failures: int = 0  # "band failed" lines after the writers stopped (cancelled by SIGTERM)
+    daemon_exit: int | None = None
+    daemon_cpu: float | None = None  # partitiond's CPU seconds while the writers ran
+
+    @property
+    def stalls_at_creation(self) -> int:
+        """Stalls during which a band was created, i.e. the insert waited while key 5 was held exclusively.
+        Creation times: partitiond's log lines, or the end of a writer's cold-path insert in lazy mode."""
+        return sum(
+            1 for at, lat in self.stalls if any(at <= c <= at + lat + CREATION_SLACK for c in self.creations)
+        )
+
+    @property
+    def inserted(self) -> int:
+        return sum(self.acknowledged.values())
+
+    @property
+    def lost(self) -> int:
+        return sum(
+            max(0, acked - min(self.in_meta.get(oid, 0), self.in_blob.get(oid, 0)))
+            for oid, acked in self.acknowledged.items()
+        )
+
+
+def run_writers(dsn: str, options: Options, round_no: int) -> tuple[float, float, list[Writer]]:
+    """All writers released at once, stopped after ``duration``; returns the wall-clock start and the
+    seconds from the start to the last writer's end (in-flight inserts finish and count)."""
+    sequences = {oid: OriginatorSequence() for oid in options.originator_ids}
+    writers = [
+        Writer(
+            oid=options.originator_ids[i % options.originators],
+            sequence=sequences[options.originator_ids[i % options.originators]],
+            dsn=dsn,
+            band_width=options.band_width,
+            seed=options.seed * 1_000_003 + round_no * 1_009 + i,
+        )
+        for i in range(options.writers)
+    ]
+    start, stop = threading.Barrier(options.writers + 1), threading.Event()
+    threads = [
+        threading.Thread(target=w.run, args=(start, stop), name=f"writer-{i}", daemon=True)
+        for i, w in enumerate(writers)
+    ]
+    for thread in threads:
+        thread.start()
+    started, started_wall = time.perf_counter(), time.time()
+    try:
+        start.wait(CONNECT_DEADLINE)
+        started, started_wall = time.perf_counter(), time.time()
+        stop.wait(options.duration)
+    except threading.BrokenBarrierError:
+        pass  # a writer failed to connect: its error is reported with the others
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(WRITER_JOIN_TIMEOUT)
+    if any(t.is_alive() for t in threads):
+        raise RuntimeError(f"writers still running {WRITER_JOIN_TIMEOUT:g}s after the stop")
+    return started_wall, time.perf_counter() - started, writers
+
+
+def table_counts(conn: Conn, table: str) -> dict[int, tuple[int, int, int]]:
+    """Per originator: (rows, lowest sequence id, highest sequence id)."""
+    rows = conn.execute(
+        sql.SQL(
+            "SELECT originator_node_id, count(*), min(originator_sequence_id), max(originator_sequence_id)"
+            " FROM {} GROUP BY 1"
+        ).format(sql.Identifier(table))
+    ).fetchall()
+    return {int(oid): (int(n), int(lo), int(hi)) for oid, n, lo, hi in rows}
+
+
+def measure(dsn: str, options: Options, mode: str, round_no: int) -> ModeRun:
+    started, seconds, writers = run_writers(dsn, options, round_no)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        meta = table_counts(conn, "gateway_envelopes_meta")
+        blob = table_counts(conn, "gateway_envelopes_blob")
+    acknowledged = dict.fromkeys(options.originator_ids, 0)
+    for w in writers:
+        acknowledged[w.oid] += w.stats.inserted
+    width = options.band_width
+    events = [(at - started, lat, cold) for w in writers for at, lat, cold in w.events]
+    return ModeRun(
+        mode=mode,
+        round=round_no,
+        seconds=seconds,
+        acknowledged=acknowledged,
+        in_meta={oid: n for oid, (n, _, _) in meta.items()},
+        in_blob={oid: n for oid, (n, _, _) in blob.items()},
+        crossings=sum(hi // width - lo // width for _, lo, hi in meta.values()),
+        cold_path=sum(w.stats.cold_path for w in writers),
+        deadlocks=sum(w.stats.deadlocks for w in writers),
+        latencies=[lat for w in writers for lat in w.stats.latencies],
+        errors=[f"writer for originator {w.oid}: {w.error}" for w in writers if w.error],
+        stalls=sorted((at, lat) for at, lat, _ in events if lat > STALL_SECONDS),
+        creations=sorted(at + lat for at, lat, cold in events if cold),
+        started_wall=started,
+    )
+
+
+# --- partitiond, the real daemon ----------------------------------------------------------------------
+
+
+@dataclass
+class Daemon:
+    proc: subprocess.Popen[bytes]
+    log: DaemonLog
+
+    @classmethod
+    def start(cls, dsn: str, options: Options, log_path: Path) -> Daemon:
+        """``partitiond run`` with every benchmark originator configured (band 0 before the first insert).
+        The calling shell's ``PARTITIOND_*`` settings are dropped: the flags here are what it runs with."""
+        argv = [
+            *(sys.executable, "-m", "partitiond", "run", "--band-width", str(options.band_width)),
+            *("--interval", DAEMON_INTERVAL, "--jitter", "0", "--probe-interval", DAEMON_PROBE_INTERVAL),
+            *("--runway", DAEMON_RUNWAY, "--metrics-address", "", "--log-format", "json"),
+        ]
+        for oid in options.originator_ids:
+            argv += ["--originator", str(oid)]
+        env = {
+            k: v for k, v in os.environ.items() if not k.startswith("PARTITIOND_") and k != "NOTIFY_SOCKET"
+        }
+        env["PARTITIOND_DSN"] = dsn
+        with log_path.open("wb") as log_file:
+            proc = subprocess.Popen(
+                argv,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return cls(proc, DaemonLog(log_path))
+
+    def wait_first_run(self) -> None:
+        """Poll partitiond's JSON log for its first "run finished", with a deadline."""
+        end = time.monotonic() + FIRST_RUN_DEADLINE
+        while time.monotonic() < end:
+            self.log.poll()
+            if self.log.failures:
+                raise RuntimeError(f"partitiond's first run failed: {self.log.failures[0]}")
+            if self.log.runs:
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"partitiond exited with {self.proc.returncode}:\n{self.log.tail()}")
+            time.sleep(0.05)
+        raise RuntimeError(f"no first run within {FIRST_RUN_DEADLINE:g}s:\n{self.log.tail()}")
+
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU time so far, from /proc (None where there is no /proc)."""
+        try:
+            stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
+        except OSError:
+            return None
+        fields = stat.rsplit(")", 1)[1].split()  # the command name may hold spaces; it ends at the last ")"
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def events(self) -> list[tuple[float, dict[str, Any]]]:
+        """Every JSON line of partitiond's log with its wall-clock time."""
+        events = []
+        for line in self.log.path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                event = json.loads(line)
+                at = datetime.fromisoformat(str(event["timestamp"])).timestamp()
+            except (ValueError, TypeError, KeyError):
+                continue
+            events.append((at, event))
+        return events
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(DAEMON_STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.poll()
+        return self.proc.returncode
+
+
+def measure_with_daemon(dsn: str, options: Options, round_no: int, work_dir: Path) -> ModeRun:
+    daemon = Daemon.start(dsn, options, work_dir / f"partitiond-round{round_no}.log")
+    try:
+        daemon.wait_first_run()
+        cpu_before = daemon.cpu_seconds()
+        result = measure(dsn, options, "partitiond", round_no)
+        cpu_after = daemon.cpu_seconds()
+    finally:
+        exit_code = daemon.stop()
+    if cpu_before is not None and cpu_after is not None:
+        result.daemon_cpu = cpu_after - cpu_before
+    account_daemon(result, daemon.events())
+    result.daemon_exit = exit_code
+    return result
+
+
+def account_daemon(result: ModeRun, events: Sequence[tuple[float, dict[str, Any]]]) -> None:
+    """What partitiond did, from its log: failures count only while the writers ran (the SIGTERM at the end
+    cancels whatever it is doing then, which it logs as a failed band)."""
+    start, end = result.started_wall, result.started_wall + result.seconds
+    for at, event in events:
+        name = event.get("event")
+        during = start <= at <= end
+        if name == "run finished":
+            result.daemon_runs += 1
+        elif name == "probe finished":
+            result.daemon_probes += 1
+        elif name == "band created":
+            result.daemon_created += 1
+            if during:
+                result.creations.append(at - start)
+                result.daemon_attempts.append(int(event.get("attempts", 1)))
+        elif name in ("band failed", "run failed", "probe failed"):
+            if at > end:
+                result.daemon_stop_failures += 1
+            else:
+                detail = event.get("error") or event.get("reason")
+                result.daemon_failures.append(f"{name} at {at - start:+.1f}s: {detail}")
+    result.creations.sort()
+
+
+# --- rounds -------------------------------------------------------------------------------------------
+
+
+def create_template(cluster: LocalCluster) -> None:
+    with psycopg.connect(cluster.dsn(), autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEMPLATE_DB)))
+    with psycopg.connect(cluster.dsn(TEMPLATE_DB), autocommit=True) as conn:
+        sqlfiles.install_schema(conn)
+        sqlfiles.install_functions(conn)
+
+
+@contextmanager
+def fresh_database(cluster: LocalCluster, name: str) -> Iterator[str]:
+    """A copy of the template (schema and functions, no partitions), checkpointed so that the previous
+    mode's dirty buffers are not flushed on this mode's time."""
+    with psycopg.connect(cluster.dsn(), autocommit=True) as admin:
+        admin.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(TEMPLATE_DB)
+            )
+        )
+        admin.execute("CHECKPOINT")
+    try:
+        yield cluster.dsn(name)
+    finally:
+        with psycopg.connect(cluster.dsn(), autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def mode_order(round_no: int) -> tuple[str, ...]:
+    """ABBA: lazy first in even rounds, partitiond first in odd ones, so drift hits both modes alike."""
+    return MODES if round_no % 2 == 0 else MODES[::-1]
+
+
+def run_bench(cluster: LocalCluster, options: Options, progress: Progress) -> list[ModeRun]:
+    create_template(cluster)
+    runs: list[ModeRun] = []
+    with tempfile.TemporaryDirectory(prefix="partitiond-hotpath-") as tmp:
+        for round_no in range(options.rounds):
+            for mode in mode_order(round_no):
+                with fresh_database(cluster, f"hotpath_{round_no}_{mode}") as dsn:
+                    if mode == "lazy":
+                        result = measure(dsn, options, mode, round_no)
+                    else:
+                        result = measure_with_daemon(dsn, options, round_no, Path(tmp))
+                runs.append(result)
+                progress(progress_line(result, options.rounds))
+    return runs
+
+
+def progress_line(r: ModeRun, rounds: int) -> str:
+    p99 = percentile(r.latencies, 0.99)
+    daemon = (
+        f", partitiond runs {r.daemon_runs}, probes {r.daemon_probes}, bands created {r.daemon_created}"
+        if r.mode != "lazy"
+        else ""
+    )
+    return (
+        f"round {r.round + 1}/{rounds} {r.mode}: {r.seconds:.1f}s, {r.inserted:,} envelopes, "
+        f"{r.crossings} crossings, cold-path {r.cold_path}, 40P01 {r.deadlocks}, "
+        f"p99 {_ms(p99)} ms, lost {r.lost}{daemon}"
+    )
+
+
+# --- report -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ModeTotals:
+    """One mode summed over its rounds; latency percentiles over the pooled inserts."""
+
+    mode: str
+    seconds: float
+    envelopes: int
+    crossings: int
+    cold_path: int
+    deadlocks: int
+    p50: float | None
+    p99: float | None
+    max: float | None
+    stalls: int
+    stalls_at_creation: int
+    creations: int
+    lost: int
+    daemon_runs: int
+    daemon_probes: int
+    daemon_created: int
+    daemon_attempts: tuple[int, ...]
+    daemon_cpu: float | None
+    problems: tuple[str, ...]
+
+    @property
+    def rate(self) -> float:
+        return self.envelopes / self.seconds if self.seconds > 0 else 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "seconds": round(self.seconds, 3),
+            "envelopes": self.envelopes,
+            "envelopes_per_s": round(self.rate, 1),
+            "band_crossings": self.crossings,
+            "cold_path": self.cold_path,
+            "deadlocks_40p01": self.deadlocks,
+            "p50_ms": _ms_value(self.p50),
+            "p99_ms": _ms_value(self.p99),
+            "max_ms": _ms_value(self.max),
+            "stalls_over_100ms": self.stalls,
+            "stalls_during_band_creation": self.stalls_at_creation,
+            "band_creations_during_writes": self.creations,
+            "rows_lost": self.lost,
+            "partitiond_runs": self.daemon_runs,
+            "partitiond_probes": self.daemon_probes,
+            "partitiond_bands_created": self.daemon_created,
+            "partitiond_attempts_per_band_during_writes": list(self.daemon_attempts),
+            "partitiond_cpu_s_during_writes": None if self.daemon_cpu is None else round(self.daemon_cpu, 2),
+            "problems": list(self.problems),
+        }
+
+
+def totals(runs: Sequence[ModeRun], mode: str) -> ModeTotals:
+    mine = [r for r in runs if r.mode == mode]
+    latencies = sorted(lat for r in mine for lat in r.latencies)
+    problems = [e for r in mine for e in r.errors]
+    problems += [f"partitiond: {f}" for r in mine for f in r.daemon_failures]
+    problems += [f"partitiond exited with {r.daemon_exit}" for r in mine if r.daemon_exit]
+    cpu = [r.daemon_cpu for r in mine if r.daemon_cpu is not None]
+    return ModeTotals(
+        mode=mode,
+        seconds=sum(r.seconds for r in mine),
+        envelopes=sum(r.inserted for r in mine),
+        crossings=sum(r.crossings for r in mine),
+        cold_path=sum(r.cold_path for r in mine),
+        deadlocks=sum(r.deadlocks for r in mine),
+        p50=percentile(latencies, 0.50),
+        p99=percentile(latencies, 0.99),
+        max=latencies[-1] if latencies else None,
+        stalls=sum(1 for lat in latencies if lat > STALL_SECONDS),
+        stalls_at_creation=sum(r.stalls_at_creation for r in mine),
+        creations=sum(len(r.creations) for r in mine),
+        lost=sum(r.lost for r in mine),
+        daemon_runs=sum(r.daemon_runs for r in mine),
+        daemon_probes=sum(r.daemon_probes for r in mine),
+        daemon_created=sum(r.daemon_created for r in mine),
+        daemon_attempts=tuple(a for r in mine for a in r.daemon_attempts),
+        daemon_cpu=sum(cpu) if cpu else None,
+        problems=tuple(problems),
+    )
+
+
+def p99_ratio(lazy: ModeTotals, daemon: ModeTotals) -> float | None:
+    if lazy.p99 is None or daemon.p99 is None or lazy.p99 == 0:
+        return None
+    return daemon.p99 / lazy.p99
+
+
+def _yes(ok: bool) -> str:
+    return "yes" if ok else "NO"
+
+
+def render(options: Options, runs: Sequence[ModeRun]) -> list[str]:
+    by_mode = {mode: totals(runs, mode) for mode in MODES}
+    lines = [
+        f"{options.writers} writers over {options.originators} originators, band width "
+        f"{options.band_width:,}, {options.rounds} round(s) x {options.duration:g}s per mode (ABBA); "
+        f"partitiond: --interval {DAEMON_INTERVAL} --runway {DAEMON_RUNWAY} "
+        f"--probe-interval {DAEMON_PROBE_INTERVAL}",
+        "",
+        "| mode | envelopes/s | band crossings | cold-path creations | 40P01 | p50 ms | p99 ms | max ms "
+        "| stalls > 100 ms | rows lost |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for t in by_mode.values():
+        lines.append(
+            f"| {t.mode} | {t.rate:,.0f} | {t.crossings:,} | {t.cold_path:,} | {t.deadlocks:,} | "
+            f"{_ms(t.p50)} | {_ms(t.p99)} | {_ms(t.max)} | {t.stalls:,} | {t.lost:,} |"
+        )
+    lazy, daemon = by_mode["lazy"], by_mode["partitiond"]
+    ratio = p99_ratio(lazy, daemon)
+    cpu = ""
+    if daemon.daemon_cpu is not None and daemon.seconds > 0:
+        share = daemon.daemon_cpu / daemon.seconds
+        cpu = f"; its CPU while the writers ran: {daemon.daemon_cpu:.2f}s ({share:.1%} of a core)"
+    attempts = ""
+    if daemon.daemon_attempts:
+        retried = sum(1 for a in daemon.daemon_attempts if a > 1)
+        attempts = f", {retried} of them after > 1 attempt, at most {max(daemon.daemon_attempts)}"
+    lines += [
+        "",
+        f"p99 ratio partitiond/lazy: {'-' if ratio is None else f'{ratio:.2f}'}",
+        f"stalls > 100 ms while a band was being created (key 5 held exclusively): "
+        f"lazy {lazy.stalls_at_creation} of {lazy.stalls}, "
+        f"partitiond {daemon.stalls_at_creation} of {daemon.stalls}",
+        f"partitiond: {daemon.daemon_runs} full runs, {daemon.daemon_probes} probes, "
+        f"{daemon.daemon_created} bands created ({daemon.creations} while the writers ran{attempts}){cpu}",
+        "targets (partitiond mode; writers start after its first run): "
+        f"0 cold-path {_yes(daemon.cold_path == 0)}, "
+        f"0 deadlocks {_yes(daemon.deadlocks == 0)}, 0 rows lost {_yes(daemon.lost == 0)}, "
+        f"p99 <= lazy p99 {_yes(ratio is not None and ratio <= 1.0)}",
+    ]
+    for t in by_mode.values():
+        lines += [f"{t.mode} problem: {p}" for p in t.problems[:10]]
+    return lines
+
+
+def as_json(options: Options, runs: Sequence[ModeRun], command: str, elapsed: float) -> dict[str, Any]:
+    by_mode = {mode: totals(runs, mode) for mode in MODES}
+    ratio = p99_ratio(by_mode["lazy"], by_mode["partitiond"])
+    return {
+        "command": command,
+        "options": {
+            "writers": options.writers,
+            "originators": options.originators,
+            "band_width": options.band_width,
+            "duration_s": options.duration,
+            "rounds": options.rounds,
+            "seed": options.seed,
+            "partitiond": {
+                "interval": DAEMON_INTERVAL,
+                "runway": DAEMON_RUNWAY,
+                "probe_interval": DAEMON_PROBE_INTERVAL,
+            },
+        },
+        "modes": {mode: t.as_json() for mode, t in by_mode.items()},
+        "p99_ratio_partitiond_over_lazy": None if ratio is None else round(ratio, 4),
+        "runs": [
+            {
+                "round": r.round,
+                "mode": r.mode,
+                **totals([r], r.mode).as_json(),
+                # timelines, in seconds after the writers started
+                "stalls_at_s": [[round(at, 3), round(lat * 1000, 1)] for at, lat in r.stalls],
+                "band_creations_at_s": [round(c, 3) for c in r.creations],
+                "partitiond_failures_at_shutdown": r.daemon_stop_failures,
+            }
+            for r in runs
+        ],
+        "total_seconds": round(elapsed, 1),
+    }
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.2f}"
+
+
+def _ms_value(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
+# --- command line -------------------------------------------------------------------------------------
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[Options, str | None]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--writers", type=positive_int, default=8, help="writer threads (connections)")
+    parser.add_argument("--originators", type=positive_int, default=4, help="originators shared by writers")
+    parser.add_argument("--band-width", type=positive_int, default=10_000, help="sequence ids per band")
+    parser.add_argument("--duration", type=positive_float, default=30.0, help="seconds per mode per round")
+    parser.add_argument("--rounds", type=positive_int, default=2, help="rounds; mode order alternates (ABBA)")
+    parser.add_argument("--seed", type=int, default=1, help="seed for the envelope payloads")
+    parser.add_argument("--json", metavar="PATH", default=None, help="also write the results as JSON here")
+    args = parser.parse_args(argv)
+    if args.writers < args.originators:
+        parser.error("--writers must be >= --originators (every originator needs a writer)")
+    options = Options(
+        writers=args.writers,
+        originators=args.originators,
+        band_width=args.band_width,
+        duration=args.duration,
+        rounds=args.rounds,
+        seed=args.seed,
+    )
+    return options, args.json
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    options, json_path = parse_args(argv)
+    command = options.command_line(json_path)
+    print(command + "\n", flush=True)
+    started, load_before = time.monotonic(), os.getloadavg()[0]
+
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    with throwaway_cluster(prefix="partitiond-bench-") as cluster:
+        runs = run_bench(cluster, options, progress)
+    elapsed, load_after = time.monotonic() - started, os.getloadavg()[0]
+    print("\n".join(render(options, runs)))
+    # The machine is shared (2 cores here): other work running at the same time skews every number above.
+    print(
+        f"total run time: {elapsed:.0f}s (set-up and both modes); {os.cpu_count()} CPUs, "
+        f"1-min load average {load_before:.2f} before, {load_after:.2f} after"
+    )
+    if json_path is not None:
+        report = as_json(options, runs, command, elapsed)
+        report["load_average_1min"] = {"before": load_before, "after": load_after}
+        Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

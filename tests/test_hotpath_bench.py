@@ -1,0 +1,60 @@
+"""The hot-path benchmark (bench/hotpath.py) at smoke scale, so it cannot rot unnoticed.
+
+A real run end to end (own throwaway cluster, real ``partitiond run`` subprocess), only tiny: 2 writers,
+2 s per mode, 1 round.  Nothing here is timed: the assertions are about the shape of the output and the
+invariants that hold at any speed (both modes measured, partitiond mode loses no rows).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.hotpath import Options, main, mode_order
+
+
+def test_mode_order_alternates_abba() -> None:
+    assert [mode_order(r) for r in range(4)] == [
+        ("lazy", "partitiond"),
+        ("partitiond", "lazy"),
+        ("lazy", "partitiond"),
+        ("partitiond", "lazy"),
+    ]
+
+
+def test_command_line_echoes_every_option() -> None:
+    line = Options(writers=2, originators=1, band_width=500, duration=2.5, rounds=3, seed=7).command_line(
+        "x.json"
+    )
+    assert line == (
+        "$ python bench/hotpath.py --writers 2 --originators 1 --band-width 500 --duration 2.5 --rounds 3 "
+        "--seed 7 --json x.json"
+    )
+
+
+@pytest.mark.slow
+def test_smoke_run_reports_both_modes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out_json = tmp_path / "hotpath.json"
+    main(
+        ["--writers", "2", "--originators", "2", "--duration", "2", "--rounds", "1", "--json", str(out_json)]
+    )
+    out = capsys.readouterr().out
+    assert out.startswith("$ python bench/hotpath.py --writers 2 --originators 2 ")
+
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
+    assert {"lazy", "partitiond"} <= rows.keys(), out
+    assert "p99 ratio partitiond/lazy:" in out
+    assert "problem:" not in out, out
+
+    data = json.loads(out_json.read_text())
+    lazy, daemon = data["modes"]["lazy"], data["modes"]["partitiond"]
+    assert lazy["envelopes"] > 0 and daemon["envelopes"] > 0
+    assert daemon["rows_lost"] == 0 and lazy["rows_lost"] == 0
+    assert daemon["partitiond_runs"] >= 1
+    # Lazy mode has no partitiond: band 0 of each originator can only come from the cold path.
+    assert lazy["cold_path"] >= 2
+    assert [r["mode"] for r in data["runs"]] == ["lazy", "partitiond"]
+    # The table reports partitiond's rows lost as 0 (last column).
+    assert rows["partitiond"].rstrip(" |").rsplit("|", 1)[-1].strip() == "0"

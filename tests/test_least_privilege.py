@@ -1,0 +1,102 @@
+"""The recommended least-privilege set-up, end to end with real roles.
+
+xmtpd's migration role owns the tables and installs the functions as SECURITY DEFINER; partitiond connects
+as a role that can only connect, use the schema, execute the two entry points and read the vector clock.
+That role runs partitiond fully, yet cannot create or drop a table itself.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import psycopg
+import pytest
+from psycopg import errors, sql
+
+from partitiond import sqlfiles
+from partitiond.cluster import LocalCluster
+
+from .pgtools import TREES, l2_bounds
+from .test_cli import cli
+
+
+@dataclass
+class Roles:
+    owner_dsn: str
+    daemon_dsn: str
+    owner: str
+    daemon: str
+
+
+@pytest.fixture
+def roles(pg_cluster: LocalCluster) -> Iterator[Roles]:
+    tag = uuid.uuid4().hex[:8]
+    db, owner, daemon = f"lp_{tag}", f"xmtpd_{tag}", f"partitiond_{tag}"
+    with psycopg.connect(pg_cluster.dsn(), autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(owner)))
+        admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(daemon)))
+        admin.execute(
+            sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(db), sql.Identifier(owner))
+        )
+    with psycopg.connect(pg_cluster.dsn(db), autocommit=True) as admin:
+        admin.execute(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(sql.Identifier(owner)))
+    with psycopg.connect(pg_cluster.dsn(db), user=owner, autocommit=True) as conn:
+        sqlfiles.install_schema(conn)  # as xmtpd's migrations would: the owner role owns every table
+    try:
+        yield Roles(
+            f"{pg_cluster.dsn(db)} user={owner}", f"{pg_cluster.dsn(db)} user={daemon}", owner, daemon
+        )
+    finally:
+        with psycopg.connect(pg_cluster.dsn(), autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(db)))
+            for role in (daemon, owner):
+                admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_a_role_with_only_execute_runs_partitiond_but_cannot_create_tables(roles: Roles) -> None:
+    installed = cli("install-sql", "--dsn", roles.owner_dsn, "--security-definer", "--grant-to", roles.daemon)
+    assert installed.returncode == 0, installed.stderr
+    result = cli("run-once", "--dsn", roles.daemon_dsn, "--originator", "100", "--originator", "200")
+    assert result.returncode == 0, result.stderr
+    assert cli("status", "--dsn", roles.daemon_dsn).returncode == 0
+    with psycopg.connect(roles.daemon_dsn, autocommit=True) as conn:
+        with pytest.raises(errors.InsufficientPrivilege):
+            conn.execute("CREATE TABLE public.sneaky (x int)")
+        with pytest.raises(errors.InsufficientPrivilege):
+            conn.execute("DROP TABLE gateway_envelopes_meta_o100_s0_1000000")
+        with pytest.raises(errors.InsufficientPrivilege):
+            conn.execute("SELECT partitiond_ensure_l1('gateway_envelopes_meta', 300)")  # helpers: not granted
+        with pytest.raises(errors.InsufficientPrivilege):
+            conn.execute("INSERT INTO gateway_envelopes_latest VALUES (1, 1, now())")
+    with psycopg.connect(roles.owner_dsn, autocommit=True) as conn:
+        for tree in TREES:
+            assert l2_bounds(conn, tree, 200) == ["FOR VALUES FROM ('0') TO ('1000000')"]
+        owners = conn.execute(
+            "SELECT DISTINCT pg_get_userbyid(relowner) FROM pg_class"
+            " WHERE relname LIKE 'gateway_envelopes_%_o%'"
+        ).fetchall()
+        assert owners == [(roles.owner,)]
+
+
+def test_security_definer_install_by_another_role_is_refused_whole(roles: Roles) -> None:
+    result = cli("install-sql", "--dsn", roles.daemon_dsn, "--security-definer")
+    assert result.returncode == 2
+    assert "permission denied" in result.stderr or "must be run by the owner" in result.stderr
+    with psycopg.connect(roles.owner_dsn, autocommit=True) as conn:
+        found = conn.execute(
+            "SELECT count(*) FROM pg_proc WHERE proname = 'ensure_gateway_parts_v4'"
+        ).fetchone()
+    assert found == (0,)
+
+
+def test_printed_script_applies_with_psql_semantics(roles: Roles) -> None:
+    script = sqlfiles.functions_script("public", security_definer=True, grant_to=[roles.daemon])
+    with psycopg.connect(roles.owner_dsn, autocommit=True) as conn:
+        conn.execute(script.encode())
+        marker = conn.execute(
+            "SELECT obj_description('ensure_gateway_parts_v4(int, bigint, bigint)'::regprocedure, 'pg_proc')"
+        ).fetchone()
+    assert marker == (sqlfiles.VERSION_MARKER,)
+    assert cli("run-once", "--dsn", roles.daemon_dsn, "--originator", "7").returncode == 0
