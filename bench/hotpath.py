@@ -33,8 +33,6 @@ import json
 import os
 import random
 import shlex
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -51,7 +49,8 @@ from psycopg import sql
 
 from partitiond import sqlfiles
 from partitiond.cluster import LocalCluster, throwaway_cluster
-from partitiond.demo import DaemonLog, percentile
+from partitiond.demo import Daemon as DemoDaemon
+from partitiond.demo import percentile
 from partitiond.xmtpd_writer import LazyWriter, WriterStats
 
 MODES = ("lazy", "partitiond")
@@ -61,7 +60,6 @@ CREATION_SLACK = 0.25  # a blocked insert ends shortly after the band's commit; 
 PAYLOAD_VARIANTS = 32
 CONNECT_DEADLINE = 60.0
 FIRST_RUN_DEADLINE = 60.0
-DAEMON_STOP_TIMEOUT = 15.0
 WRITER_JOIN_TIMEOUT = 60.0
 # partitiond's timing in partitiond mode (the issue's "short intervals").
 DAEMON_INTERVAL = "5s"
@@ -271,50 +269,20 @@ def measure(dsn: str, options: Options, mode: str, round_no: int) -> ModeRun:
 # --- partitiond, the real daemon ----------------------------------------------------------------------
 
 
-@dataclass
-class Daemon:
-    proc: subprocess.Popen[bytes]
-    log: DaemonLog
+class Daemon(DemoDaemon):
+    """The demo's daemon wrapper, plus what the benchmark reports about the daemon itself."""
 
     @classmethod
-    def start(cls, dsn: str, options: Options, log_path: Path) -> Daemon:
-        """``partitiond run`` with every benchmark originator configured (band 0 before the first insert).
-        The calling shell's ``PARTITIOND_*`` settings are dropped: the flags here are what it runs with."""
-        argv = [
-            *(sys.executable, "-m", "partitiond", "run", "--band-width", str(options.band_width)),
-            *("--interval", DAEMON_INTERVAL, "--jitter", "0", "--probe-interval", DAEMON_PROBE_INTERVAL),
-            *("--runway", DAEMON_RUNWAY, "--metrics-address", "", "--log-format", "json"),
+    def for_bench(cls, dsn: str, options: Options, log_path: Path) -> Daemon:
+        """``partitiond run`` with every benchmark originator configured (band 0 before the first insert)."""
+        args = [
+            *("--band-width", str(options.band_width), "--interval", DAEMON_INTERVAL, "--jitter", "0"),
+            *("--probe-interval", DAEMON_PROBE_INTERVAL, "--runway", DAEMON_RUNWAY),
+            *("--metrics-address", "", "--log-format", "json"),
         ]
         for oid in options.originator_ids:
-            argv += ["--originator", str(oid)]
-        env = {
-            k: v for k, v in os.environ.items() if not k.startswith("PARTITIOND_") and k != "NOTIFY_SOCKET"
-        }
-        env["PARTITIOND_DSN"] = dsn
-        with log_path.open("wb") as log_file:
-            proc = subprocess.Popen(
-                argv,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        return cls(proc, DaemonLog(log_path))
-
-    def wait_first_run(self) -> None:
-        """Poll partitiond's JSON log for its first "run finished", with a deadline."""
-        end = time.monotonic() + FIRST_RUN_DEADLINE
-        while time.monotonic() < end:
-            self.log.poll()
-            if self.log.failures:
-                raise RuntimeError(f"partitiond's first run failed: {self.log.failures[0]}")
-            if self.log.runs:
-                return
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"partitiond exited with {self.proc.returncode}:\n{self.log.tail()}")
-            time.sleep(0.05)
-        raise RuntimeError(f"no first run within {FIRST_RUN_DEADLINE:g}s:\n{self.log.tail()}")
+            args += ["--originator", str(oid)]
+        return cls.start(args, dsn, log_path)
 
     def cpu_seconds(self) -> float | None:
         """User + system CPU time so far, from /proc (None where there is no /proc)."""
@@ -337,22 +305,11 @@ class Daemon:
             events.append((at, event))
         return events
 
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(DAEMON_STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.poll()
-        return self.proc.returncode
-
 
 def measure_with_daemon(dsn: str, options: Options, round_no: int, work_dir: Path) -> ModeRun:
-    daemon = Daemon.start(dsn, options, work_dir / f"partitiond-round{round_no}.log")
+    daemon = Daemon.for_bench(dsn, options, work_dir / f"partitiond-round{round_no}.log")
     try:
-        daemon.wait_first_run()
+        daemon.wait_first_run(FIRST_RUN_DEADLINE)
         cpu_before = daemon.cpu_seconds()
         result = measure(dsn, options, "partitiond", round_no)
         cpu_after = daemon.cpu_seconds()

@@ -28,7 +28,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
+from typing import Any, Self, TextIO
 
 import click
 import psycopg
@@ -336,29 +336,29 @@ class Daemon:
 
     proc: subprocess.Popen[bytes]
     log: DaemonLog
-    metrics_port: int
+    metrics_port: int = 0
 
     @classmethod
-    def start(cls, config: DemoConfig, dsn: str, log_path: Path) -> Daemon:
-        """Start the real daemon.  Its environment drops every ``PARTITIOND_*`` setting of the calling shell
-        (the demo's flags must be what it runs with) and gets the DSN there, not in argv, where ``ps``
-        would show a password.  Its own session keeps a terminal's Ctrl-C away from it: the demo stops
-        the writers first, then the daemon, so the final picture is partitiond's."""
-        port = free_port()
+    def start(cls, args: Sequence[str], dsn: str, log_path: Path, metrics_port: int = 0) -> Self:
+        """Start the real daemon (``partitiond run`` + ``args``; the benchmarks use this too).  Its
+        environment drops every ``PARTITIOND_*`` setting of the calling shell (the flags must be what it
+        runs with) and gets the DSN there, not in argv, where ``ps`` would show a password.  Its own
+        session keeps a terminal's Ctrl-C away from it: the caller stops the writers first, then the
+        daemon, so the final picture is partitiond's."""
         env = {
             k: v for k, v in os.environ.items() if not k.startswith("PARTITIOND_") and k != "NOTIFY_SOCKET"
         }
         env["PARTITIOND_DSN"] = dsn
         with log_path.open("wb") as log_file:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "partitiond", "run", *config.daemon_args(port)],
+                [sys.executable, "-m", "partitiond", "run", *args],
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        return cls(proc, DaemonLog(log_path), port)
+        return cls(proc, DaemonLog(log_path), metrics_port)
 
     def wait_first_run(self, deadline: float = FIRST_RUN_DEADLINE) -> None:
         """Block until the first full run has finished, so every demo originator has its band 0 before any
@@ -703,7 +703,10 @@ class Run:
         """Daemon first (band 0 for all), then the writers, the live table, an orderly stop, the checks."""
         with connect(self.db.dsn) as conn:
             first = start_positions(conn, self.config.originators)
-        daemon = Daemon.start(self.config, self.db.dsn, self.run_dir / "partitiond.log")
+        port = free_port()
+        daemon = Daemon.start(
+            self.config.daemon_args(port), self.db.dsn, self.run_dir / "partitiond.log", port
+        )
         self._echo(
             f"partitiond run: pid {daemon.proc.pid}, interval {format_duration(self.config.interval)}, "
             f"runway {format_duration(RUNWAY_SECONDS)}, metrics http://127.0.0.1:{daemon.metrics_port}/metrics"

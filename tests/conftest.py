@@ -8,8 +8,10 @@ so tests never see each other's partitions.  The cluster is removed at the end e
 
 from __future__ import annotations
 
+import tempfile
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -71,3 +73,13 @@ def conn(db_dsn: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
     """An autocommit connection to the fresh database."""
     with psycopg.connect(db_dsn, autocommit=True) as connection:
         yield connection
+
+
+@pytest.fixture
+def standby(pg_cluster: LocalCluster, db_dsn: str) -> Iterator[LocalCluster]:
+    """A real streaming replica of the session cluster (``pg_is_in_recovery()`` is true there)."""
+    replica = pg_cluster.clone_standby(Path(tempfile.mkdtemp(prefix="partitiond-standby-")))
+    try:
+        yield replica
+    finally:
+        replica.destroy()

@@ -8,6 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 
+from partitiond.xmtpd_writer import LazyWriter
+
 Conn = psycopg.Connection[tuple[object, ...]]
 TREES = ("gateway_envelopes_meta", "gateway_envelopes_blob")
 
@@ -121,3 +123,48 @@ def leftovers(conn: Conn) -> list[str]:
         """
     ).fetchall()
     return [str(r[0]) for r in rows] + seed_constraints(conn)
+
+
+class Inserter(threading.Thread):
+    """Writes envelopes the xmtpd way (LazyWriter) into an existing band until stopped; records latencies."""
+
+    def __init__(self, dsn: str, oid: int) -> None:
+        super().__init__(daemon=True)
+        self.dsn, self.oid = dsn, oid
+        self.stop = threading.Event()
+        self.started_writing = threading.Event()
+        self.writer: LazyWriter | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            with psycopg.connect(self.dsn, autocommit=True) as conn:
+                self.writer = LazyWriter(conn)
+                seq = 10
+                while not self.stop.is_set():
+                    self.writer.insert(self.oid, seq)
+                    self.started_writing.set()
+                    seq += 1
+        except BaseException as exc:  # reported by the test through self.error
+            self.error = exc
+
+    @property
+    def inserted(self) -> int:
+        return self.writer.stats.inserted if self.writer else 0
+
+    def max_latency(self) -> float:
+        assert self.writer is not None
+        return max(self.writer.stats.latencies)
+
+
+def hold_lock(holder: Conn, kind: str) -> None:
+    """Start what blocks partition DDL in ``holder``'s open transaction: an xmtpd insert in flight
+    ("shared protocol lock", the shared side of key 5) or a writer that ignores the protocol ("row
+    exclusive on meta", a row inserted into originator 900's band 0, which must exist)."""
+    if kind == "shared protocol lock":
+        holder.execute("SELECT pg_advisory_xact_lock_shared(5)")
+    else:
+        holder.execute(
+            "INSERT INTO gateway_envelopes_meta"
+            " (originator_node_id, originator_sequence_id, topic, expiry) VALUES (900, 2, 't', 1)"
+        )

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import re
-import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -443,15 +441,6 @@ def test_missing_tables_are_critical(empty_db_dsn: str) -> None:
     findings, code = run_check(empty_db_dsn)
     assert code == 2
     assert ("critical", "tables", "public.gateway_envelopes_meta") in problems(findings)
-
-
-@pytest.fixture
-def standby(pg_cluster: LocalCluster, db_dsn: str) -> Iterator[LocalCluster]:
-    replica = pg_cluster.clone_standby(Path(tempfile.mkdtemp(prefix="partitiond-standby-")))
-    try:
-        yield replica
-    finally:
-        replica.destroy()
 
 
 @pytest.fixture

@@ -17,10 +17,8 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +34,7 @@ from partitiond.config import load_settings
 from partitiond.metrics import Metrics
 
 from .pgtools import Conn, seed_rows
+from .test_daemon import scrape, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -70,16 +69,6 @@ HARDENING = {
 
 
 # --- helpers ------------------------------------------------------------------------------------------
-
-
-def wait_for(condition: Callable[[], bool], deadline: float, what: str) -> None:
-    """Poll with a deadline (no bare sleeps)."""
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {deadline}s waiting for {what}")
 
 
 def partitiond_executable() -> Path:
@@ -660,14 +649,6 @@ def test_alert_unit_tests_cover_every_alert() -> None:
         case["alertname"] for t in tests["tests"] for case in t["alert_rule_test"] if case.get("exp_alerts")
     }
     assert covered == {r["alert"] for r in alert_rules()}
-
-
-def scrape(port: int) -> str:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
-            return str(resp.read().decode())
-    except OSError:
-        return ""
 
 
 def sample_names(exposition: str) -> set[str]:

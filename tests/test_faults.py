@@ -33,10 +33,9 @@ from psycopg import sql
 from partitiond import sqlfiles
 from partitiond.cli import main as cli_main
 from partitiond.cluster import LocalCluster, free_port, throwaway_cluster
-from partitiond.xmtpd_writer import LazyWriter
 
 from .conftest import TEMPLATE_DB
-from .pgtools import TREES, Conn, leftovers, seed_rows
+from .pgtools import TREES, Conn, Inserter, hold_lock, leftovers, seed_rows
 
 _L1_BOUND = re.compile(r"^FOR VALUES IN \('?(-?\d+)'?\)$")
 _L2_BOUND = re.compile(r"^FOR VALUES FROM \('?(-?\d+)'?\) TO \('?(-?\d+)'?\)$")
@@ -543,34 +542,6 @@ def test_a_quick_restart_between_runs_keeps_the_only_daemon_leader(
 # --- a long lock holder while the daemon must create a band -------------------------------------------
 
 
-class Inserter(threading.Thread):
-    """Writes envelopes the xmtpd way (LazyWriter) into an existing band until stopped."""
-
-    def __init__(self, dsn: str, oid: int) -> None:
-        super().__init__(daemon=True)
-        self.dsn, self.oid = dsn, oid
-        self.stop = threading.Event()
-        self.started_writing = threading.Event()
-        self.writer: LazyWriter | None = None
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            with psycopg.connect(self.dsn, autocommit=True) as conn:
-                self.writer = LazyWriter(conn)
-                seq = 10
-                while not self.stop.is_set():
-                    self.writer.insert(self.oid, seq)
-                    self.started_writing.set()
-                    seq += 1
-        except BaseException as exc:  # reported by the test through self.error
-            self.error = exc
-
-    @property
-    def inserted(self) -> int:
-        return self.writer.stats.inserted if self.writer else 0
-
-
 LOCK_TIMEOUT = 0.3
 HOLD_SECONDS = 3.0
 LATENCY_MARGIN = 0.5
@@ -590,13 +561,7 @@ def test_a_long_lock_holder_bounds_insert_stalls_and_the_band_follows_its_commit
     proc: subprocess.Popen[str] | None = None
     try:
         with psycopg.connect(db_dsn) as holder, (tmp_path / "daemon.log").open("w") as log:
-            if holder_kind == "shared protocol lock":
-                holder.execute("SELECT pg_advisory_xact_lock_shared(5)")
-            else:
-                holder.execute(
-                    "INSERT INTO gateway_envelopes_meta"
-                    " (originator_node_id, originator_sequence_id, topic, expiry) VALUES (900, 2, 't', 1)"
-                )
+            hold_lock(holder, holder_kind)
             held_at = time.monotonic()
             proc = spawn(
                 db_dsn,

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import tempfile
-import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -14,13 +10,14 @@ import pytest
 from partitiond import pipeline
 from partitiond.cluster import LocalCluster
 from partitiond.config import Settings
-from partitiond.xmtpd_writer import LazyWriter
 
 from .pgtools import (
     TREES,
     Conn,
+    Inserter,
     children,
     ddl_count,
+    hold_lock,
     install_ddl_log,
     l2_bounds,
     leftovers,
@@ -173,44 +170,11 @@ def test_unreachable_server_exit_3_without_the_password() -> None:
     assert report.message is not None and "s3cret-pw" not in report.message
 
 
-@pytest.fixture
-def standby(pg_cluster: LocalCluster, db_dsn: str) -> Iterator[LocalCluster]:
-    replica = pg_cluster.clone_standby(Path(tempfile.mkdtemp(prefix="partitiond-standby-")))
-    try:
-        yield replica
-    finally:
-        replica.destroy()
-
-
 def test_a_standby_is_refused_loudly(standby: LocalCluster, db_dsn: str) -> None:
     dbname = psycopg.conninfo.conninfo_to_dict(db_dsn)["dbname"]
     report = run(standby.dsn(str(dbname)), originators=(100,))
     assert (report.result, report.exit_code) == ("standby", pipeline.EXIT_SERVER)
     assert report.message is not None and "standby" in report.message
-
-
-class Inserter(threading.Thread):
-    """Writes envelopes the xmtpd way into an existing band until stopped; records every latency."""
-
-    def __init__(self, dsn: str, oid: int) -> None:
-        super().__init__(daemon=True)
-        self.dsn, self.oid = dsn, oid
-        self.stop = threading.Event()
-        self.started_writing = threading.Event()
-        self.writer: LazyWriter | None = None
-
-    def run(self) -> None:
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            self.writer = LazyWriter(conn)
-            seq = 0
-            while not self.stop.is_set():
-                self.writer.insert(self.oid, 10 + seq)
-                self.started_writing.set()
-                seq += 1
-
-    def max_latency(self) -> float:
-        assert self.writer is not None
-        return max(self.writer.stats.latencies)
 
 
 @pytest.mark.slow
@@ -222,13 +186,7 @@ def test_a_lock_holder_bounds_the_wait_and_never_stalls_inserts(
     seed_rows(conn, 900, [1])
     seed_rows(conn, 901, [1])
     with psycopg.connect(db_dsn) as holder:
-        if holder_kind == "shared protocol lock":
-            holder.execute("SELECT pg_advisory_xact_lock_shared(5)")
-        else:
-            holder.execute(
-                "INSERT INTO gateway_envelopes_meta"
-                " (originator_node_id, originator_sequence_id, topic, expiry) VALUES (900, 2, 't', 1)"
-            )
+        hold_lock(holder, holder_kind)
         inserter = Inserter(db_dsn, 901)
         inserter.start()
         assert inserter.started_writing.wait(10)
