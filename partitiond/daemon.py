@@ -85,6 +85,7 @@ class Daemon:
     _reload_requested: threading.Event = field(default_factory=threading.Event, init=False)
     _job_lock: threading.Lock = field(default_factory=threading.Lock, init=False)  # held while a pass runs
     _ready_sent: bool = field(default=False, init=False)
+    _probes: int = field(default=0, init=False)  # probes since the last full run
 
     def __post_init__(self) -> None:
         self.health = HealthState(stuck_after=2 * self.settings.interval)
@@ -113,7 +114,12 @@ class Daemon:
         self.health.job_started()
         leader = self.lease.refresh()
         self.metrics.set_leader(leader)
-        result = pipeline.run_pass(self.settings, self.env, self.estimator, self.control, known, leader)
+        # Routine probes log at debug; each full run's line says how many ran since the previous one.
+        fields = {"probes_since_last_run": self._probes} if known is None else None
+        result = pipeline.run_pass(
+            self.settings, self.env, self.estimator, self.control, known, leader, fields
+        )
+        self._probes = 0 if known is None else self._probes + 1
         report.record(self.metrics, result)
         healthy_noop = result.result in ("standby", "follower")
         self.health.set_standby(result.result if healthy_noop else None)

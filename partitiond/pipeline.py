@@ -351,6 +351,7 @@ def run_pass(
     control: RunControl | None = None,
     known: catalog.Inventory | None = None,
     leader: bool = True,
+    log_fields: Mapping[str, object] | None = None,
 ) -> PassReport:
     """One pass.  Never raises for database trouble: the report says what happened.
 
@@ -397,7 +398,11 @@ def run_pass(
     # A probe that found nothing to do is routine (up to one a second): debug, counted in the metrics.
     quiet = kind == "probe" and (not counts["planned"] or not leader)
     (log.debug if quiet else log.info)(
-        f"{kind} finished", result=result, duration_ms=round(report.duration * 1000, 1), **counts
+        f"{kind} finished",
+        result=result,
+        duration_ms=round(report.duration * 1000, 1),
+        **counts,
+        **(log_fields or {}),
     )
     return report
 

@@ -6,10 +6,12 @@ import time
 
 import psycopg
 import pytest
+import structlog
 
 from partitiond import pipeline
 from partitiond.cluster import LocalCluster
 from partitiond.config import Settings
+from partitiond.forecast import RateEstimator
 
 from .pgtools import (
     TREES,
@@ -203,3 +205,22 @@ def test_a_lock_holder_bounds_the_wait_and_never_stalls_inserts(
     assert inserter.max_latency() < lock_timeout + 0.5
     assert leftovers(conn) == []
     assert run(db_dsn, originators=(100,)).counts["created"] == 1
+
+
+def test_a_suspicious_jump_is_logged_and_creates_only_two_bands(conn: Conn, db_dsn: str) -> None:
+    """A bad high value must not make partitiond fill the range in between (pg_partman #316/#462)."""
+    settings = Settings(dsn=db_dsn, metrics_address="", max_jump_bands=10)
+    estimator = RateEstimator(max_jump_ids=settings.max_jump_bands * settings.band_width)
+    seed_rows(conn, 100, [500_000])
+    assert pipeline.run_pass(settings, ENV, estimator).exit_code == 0
+    conn.execute("UPDATE gateway_envelopes_latest SET originator_sequence_id = 40750000")
+    with structlog.testing.capture_logs() as logs:
+        report = pipeline.run_pass(settings, ENV, estimator)
+    assert [e["originator"] for e in logs if e["event"] == "suspicious position jump"] == [100]
+    assert report.plan is not None
+    assert sorted(p.band.start for p in report.plan.creates) == [40_000_000, 41_000_000]
+    assert l2_bounds(conn, TREES[0], 100) == [
+        band(0, 1_000_000),
+        band(40_000_000, 41_000_000),
+        band(41_000_000, 42_000_000),
+    ]
