@@ -8,7 +8,6 @@ SIGHUP change logs, log lines) goes through :func:`redact` or :func:`redact_dsn`
 from __future__ import annotations
 
 import itertools
-import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -56,8 +55,13 @@ def resolve_dsn(settings_dsn: str | None, dsn_file: Path | None, env: Mapping[st
     credentials = env.get("CREDENTIALS_DIRECTORY")
     if credentials:
         credential = Path(credentials) / CREDENTIAL_NAME
-        if os.path.lexists(credential):  # never raises: an unreadable file is reported by the read
-            return _read_secret_file(credential, "systemd credential")
+        try:
+            credential.lstat()
+        except FileNotFoundError:
+            return ""  # systemd passes other credentials, or none named "dsn": not ours to complain about
+        except OSError as exc:  # e.g. a directory we may not search: say so, never fall back silently
+            raise DsnError(f"cannot read systemd credential {credential}: {exc.strerror or exc}") from None
+        return _read_secret_file(credential, "systemd credential")
     return ""
 
 
