@@ -22,7 +22,7 @@ import itertools
 import json
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -430,44 +430,45 @@ def _names(facts: Facts) -> Iterator[Finding]:
         yield Finding("ok", "names", "all partitions", "every name matches its bounds")
 
 
+# Leftover kind -> (subject, message): interrupted or foreign work partitiond must not paper over.
+_LEFTOVERS: dict[str, tuple[Callable[[CatalogFact], str], Callable[[CatalogFact], str]]] = {
+    "seed_constraint": (
+        lambda f: f.relation,
+        lambda f: (
+            f"seed constraint {f.name} is still there ({f.detail}): an interrupted creation; drop it "
+            "at a quiet moment (DROP CONSTRAINT takes ACCESS EXCLUSIVE)"
+        ),
+    ),
+    "unattached": (
+        lambda f: f.relation,
+        lambda f: (
+            f"named like a partition but not attached (relkind {f.detail}): a half-done creation or "
+            "something in the way of one; inspect it, then attach, rename or drop it"
+        ),
+    ),
+    "detach_pending": (
+        lambda f: f.name or f.relation,
+        lambda f: (
+            "pending detach (an interrupted DETACH … CONCURRENTLY): finish it with ALTER TABLE "
+            f"{f.relation} DETACH PARTITION {f.name} FINALIZE"
+        ),
+    ),
+    "default": (
+        lambda f: f.name or f.relation,
+        lambda f: (
+            f"DEFAULT partition of {f.relation}: xmtpd never creates one; it hides missing partitions "
+            "and every new partition must scan it under lock"
+        ),
+    ),
+}
+
+
 def _leftovers(facts: Facts) -> Iterator[Finding]:
     bad = 0
-    for fact in facts.of_kind("seed_constraint"):
-        bad += 1
-        yield Finding(
-            "warning",
-            "leftovers",
-            fact.relation,
-            f"seed constraint {fact.name} is still there ({fact.detail}): an interrupted creation; drop it "
-            "at a quiet moment (DROP CONSTRAINT takes ACCESS EXCLUSIVE)",
-        )
-    for fact in facts.of_kind("unattached"):
-        bad += 1
-        yield Finding(
-            "warning",
-            "leftovers",
-            fact.relation,
-            f"named like a partition but not attached (relkind {fact.detail}): a half-done creation or "
-            "something in the way of one; inspect it, then attach, rename or drop it",
-        )
-    for fact in facts.of_kind("detach_pending"):
-        bad += 1
-        yield Finding(
-            "warning",
-            "leftovers",
-            fact.name or fact.relation,
-            "pending detach (an interrupted DETACH … CONCURRENTLY): finish it with ALTER TABLE "
-            f"{fact.relation} DETACH PARTITION {fact.name} FINALIZE",
-        )
-    for fact in facts.of_kind("default"):
-        bad += 1
-        yield Finding(
-            "warning",
-            "leftovers",
-            fact.name or fact.relation,
-            f"DEFAULT partition of {fact.relation}: xmtpd never creates one; it hides missing partitions and "
-            "every new partition must scan it under lock",
-        )
+    for kind, (subject, message) in _LEFTOVERS.items():
+        for fact in facts.of_kind(kind):
+            bad += 1
+            yield Finding("warning", "leftovers", subject(fact), message(fact))
     if not bad:
         yield Finding(
             "ok",

@@ -208,11 +208,10 @@ def plan_pass(
     catalog only when that plan wants DDL, so no band is ever created on the word of a stale cache."""
     snapshot = take_snapshot(conn, settings, known=known)
     forecasts = forecasts_from(snapshot, settings, estimator)
-    policy = policy_for(settings)
-    the_plan = plan(snapshot.inventory.views(snapshot.positions), policy, forecasts)
+    the_plan = plan_with(snapshot, settings, forecasts)
     if the_plan.creates and known is not None:
         snapshot = replace(snapshot, inventory=read_inventory(conn, settings))
-        the_plan = plan(snapshot.inventory.views(snapshot.positions), policy, forecasts)
+        the_plan = plan_with(snapshot, settings, forecasts)
     return snapshot, the_plan
 
 
@@ -250,7 +249,11 @@ def forecasts_from(
 
 
 def make_plan(snapshot: Snapshot, settings: Settings, estimator: RateEstimator | None = None) -> Plan:
-    forecasts = forecasts_from(snapshot, settings, estimator)
+    return plan_with(snapshot, settings, forecasts_from(snapshot, settings, estimator))
+
+
+def plan_with(snapshot: Snapshot, settings: Settings, forecasts: Mapping[int, Forecast]) -> Plan:
+    """The one place a snapshot becomes a plan (the pure planner does the deciding)."""
     return plan(snapshot.inventory.views(snapshot.positions), policy_for(settings), forecasts)
 
 
