@@ -158,4 +158,5 @@ def test_run_once_writes_a_node_exporter_textfile(tmp_path: Path, db_dsn: str) -
     text = target.read_text()
     assert 'partitiond_runs_total{result="success"} 1.0' in text
     assert 'partitiond_partitions_created_total{level="l2",table="meta"} 1.0' in text
+    assert 'partitiond_partitions_created_total{level="l1",table="blob"} 1.0' in text  # a new originator
     assert 'partitiond_originator_headroom_ids{originator="3"} 1e+06' in text

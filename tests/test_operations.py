@@ -130,3 +130,27 @@ def test_sighup_reloads_the_config_file_and_refuses_a_broken_one(db_dsn: str, tm
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_each_full_run_says_how_many_probes_ran_since_the_last(db_dsn: str, tmp_path: Path) -> None:
+    """Routine probes log at debug; the full run's line keeps them visible at the default level."""
+    log = tmp_path / "daemon.log"
+    with log.open("w") as sink:
+        proc = start_daemon(
+            db_dsn,
+            *("--interval", "3s", "--jitter", "0", "--probe-interval", "0.5s", "--metrics-address", ""),
+            log=sink,
+        )
+    try:
+
+        def runs() -> list[dict[str, object]]:
+            return [e for e in events(log) if e.get("event") == "run finished"]
+
+        wait_for(lambda: len(runs()) >= 2, 30, "two full runs")
+        first, second = runs()[:2]
+        assert first["probes_since_last_run"] == 0
+        assert isinstance(second["probes_since_last_run"], int) and second["probes_since_last_run"] >= 2
+        assert not [e for e in events(log) if e.get("event") == "probe finished"]  # debug only
+    finally:
+        proc.terminate()
+        proc.wait(10)
