@@ -1,6 +1,6 @@
 """Hot-path benchmark: xmtpd's lazy insert protocol with and without partitiond, on real PostgreSQL.
 
-K writer threads (default 8) share M originators (default 4); each originator has one sequence that its
+K writer processes (default 8) share M originators (default 4); each originator has one sequence that its
 writers draw from in order, like xmtpd's per-originator sequence.  Every insert follows xmtpd's protocol
 (:class:`partitiond.xmtpd_writer.LazyWriter`): meta and blob in one statement inside a transaction holding
 the shared side of advisory key 5; on 23514 roll back, create the band under the exclusive side in its own
@@ -28,11 +28,13 @@ creation (key 5 held exclusively), partitiond's runs, probes, bands and CPU, and
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
+import multiprocessing
 import os
+import queue
 import random
 import shlex
+import statistics
 import sys
 import tempfile
 import threading
@@ -41,6 +43,11 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from multiprocessing.context import SpawnContext
+from multiprocessing.process import BaseProcess
+from multiprocessing.queues import Queue as QueueType
+from multiprocessing.synchronize import Barrier as BarrierType
+from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
 from typing import Any
 
@@ -98,49 +105,64 @@ class Options:
 
 
 class OriginatorSequence:
-    """One originator's sequence ids, handed out strictly increasing to every writer that shares it."""
+    """One originator's sequence ids, handed out strictly increasing to every writer process sharing it."""
 
-    def __init__(self, first: int = 1) -> None:
-        self._ids = itertools.count(first)
-        self._lock = threading.Lock()
+    def __init__(self, ctx: SpawnContext, first: int = 1) -> None:
+        self._next = ctx.Value("q", first)  # a shared int64 with its own lock
 
     def next(self) -> int:
-        with self._lock:
-            return next(self._ids)
+        with self._next.get_lock():
+            value = int(self._next.value)
+            self._next.value = value + 1
+        return value
 
 
 @dataclass
 class Writer:
-    """One writer thread with its own connection, writing one originator's envelopes as fast as it can."""
+    """What one writer process did, sent back to the parent when it stops."""
+
+    oid: int
+    stats: WriterStats = field(default_factory=WriterStats)
+    error: str | None = None
+    # (wall-clock start, latency, took the cold path) of every stalled or cold-path insert
+    events: list[tuple[float, float, bool]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class WriterJob:
+    """Everything a writer process needs; picklable."""
 
     oid: int
     sequence: OriginatorSequence
     dsn: str
     band_width: int
     seed: int
-    stats: WriterStats = field(default_factory=WriterStats)
-    error: str | None = None
-    # (wall-clock start, latency, took the cold path) of every stalled or cold-path insert
-    events: list[tuple[float, float, bool]] = field(default_factory=list)
 
-    def run(self, start: threading.Barrier, stop: threading.Event) -> None:
-        rng = random.Random(self.seed)  # payload variety, not crypto
-        payloads = [rng.randbytes(rng.randint(64, 512)) for _ in range(PAYLOAD_VARIANTS)]
-        try:
-            with psycopg.connect(self.dsn, autocommit=True, application_name="hotpath-writer") as conn:
-                writer = LazyWriter(conn, band_width=self.band_width, stats=self.stats)
-                start.wait(CONNECT_DEADLINE)
-                while not stop.is_set():
-                    cold = self.stats.cold_path
-                    writer.insert(self.oid, self.sequence.next(), rng.choice(payloads))
-                    latency = self.stats.latencies[-1]
-                    if latency > STALL_SECONDS or self.stats.cold_path != cold:
-                        self.events.append((time.time() - latency, latency, self.stats.cold_path != cold))
-        except threading.BrokenBarrierError:
-            self.error = "start barrier broken (another writer failed to connect)"
-        except Exception as exc:
-            start.abort()
-            self.error = f"{type(exc).__name__}: {exc}".strip()
+
+def writer_process(job: WriterJob, start: BarrierType, stop: EventType, results: QueueType[Writer]) -> None:
+    """One writer with its own connection, writing one originator's envelopes as fast as it can.
+
+    Writers are processes, not threads: xmtpd's Go writers do not share an interpreter lock, and with
+    threads the GIL's switch interval (5 ms) would dominate the latency tail this benchmark measures."""
+    rng = random.Random(job.seed)  # payload variety, not crypto
+    payloads = [rng.randbytes(rng.randint(64, 512)) for _ in range(PAYLOAD_VARIANTS)]
+    result = Writer(job.oid)
+    try:
+        with psycopg.connect(job.dsn, autocommit=True, application_name="hotpath-writer") as conn:
+            writer = LazyWriter(conn, band_width=job.band_width, stats=result.stats)
+            start.wait(CONNECT_DEADLINE)
+            while not stop.is_set():
+                cold = result.stats.cold_path
+                writer.insert(job.oid, job.sequence.next(), rng.choice(payloads))
+                latency = result.stats.latencies[-1]
+                if latency > STALL_SECONDS or result.stats.cold_path != cold:
+                    result.events.append((time.time() - latency, latency, result.stats.cold_path != cold))
+    except threading.BrokenBarrierError:
+        result.error = "start barrier broken (another writer failed to connect)"
+    except Exception as exc:
+        start.abort()
+        result.error = f"{type(exc).__name__}: {exc}".strip()
+    results.put(result)
 
 
 @dataclass
@@ -193,24 +215,25 @@ class ModeRun:
 def run_writers(dsn: str, options: Options, round_no: int) -> tuple[float, float, list[Writer]]:
     """All writers released at once, stopped after ``duration``; returns the wall-clock start and the
     seconds from the start to the last writer's end (in-flight inserts finish and count)."""
-    sequences = {oid: OriginatorSequence() for oid in options.originator_ids}
-    writers = [
-        Writer(
-            oid=options.originator_ids[i % options.originators],
-            sequence=sequences[options.originator_ids[i % options.originators]],
+    ctx = multiprocessing.get_context("spawn")
+    sequences = {oid: OriginatorSequence(ctx) for oid in options.originator_ids}
+    jobs = [
+        WriterJob(
+            oid=(oid := options.originator_ids[i % options.originators]),
+            sequence=sequences[oid],
             dsn=dsn,
             band_width=options.band_width,
             seed=options.seed * 1_000_003 + round_no * 1_009 + i,
         )
         for i in range(options.writers)
     ]
-    start, stop = threading.Barrier(options.writers + 1), threading.Event()
-    threads = [
-        threading.Thread(target=w.run, args=(start, stop), name=f"writer-{i}", daemon=True)
-        for i, w in enumerate(writers)
+    start, stop, results = ctx.Barrier(options.writers + 1), ctx.Event(), ctx.Queue()
+    procs = [
+        ctx.Process(target=writer_process, args=(job, start, stop, results), name=f"writer-{i}", daemon=True)
+        for i, job in enumerate(jobs)
     ]
-    for thread in threads:
-        thread.start()
+    for proc in procs:
+        proc.start()
     started, started_wall = time.perf_counter(), time.time()
     try:
         start.wait(CONNECT_DEADLINE)
@@ -220,11 +243,25 @@ def run_writers(dsn: str, options: Options, round_no: int) -> tuple[float, float
         pass  # a writer failed to connect: its error is reported with the others
     finally:
         stop.set()
-        for thread in threads:
-            thread.join(WRITER_JOIN_TIMEOUT)
-    if any(t.is_alive() for t in threads):
-        raise RuntimeError(f"writers still running {WRITER_JOIN_TIMEOUT:g}s after the stop")
+    writers = collect(procs, results)
     return started_wall, time.perf_counter() - started, writers
+
+
+def collect(procs: Sequence[BaseProcess], results: QueueType[Writer]) -> list[Writer]:
+    """Every writer's result, then the processes' exit.  The queue is drained before the joins: a process
+    does not exit while its result is still in the queue's pipe."""
+    try:
+        writers = [results.get(timeout=WRITER_JOIN_TIMEOUT) for _ in procs]
+    except queue.Empty:
+        raise RuntimeError(
+            f"a writer process sent no result within {WRITER_JOIN_TIMEOUT:g}s of the stop"
+        ) from None
+    finally:
+        for proc in procs:
+            proc.join(WRITER_JOIN_TIMEOUT)
+            if proc.is_alive():
+                proc.kill()
+    return writers
 
 
 def table_counts(conn: Conn, table: str) -> dict[int, tuple[int, int, int]]:
@@ -369,6 +406,7 @@ def fresh_database(cluster: LocalCluster, name: str) -> Iterator[str]:
             )
         )
         admin.execute("CHECKPOINT")
+    os.sync()  # and the OS's dirty pages: else the previous mode's writeback lands on this mode's time
     try:
         yield cluster.dsn(name)
     finally:
@@ -503,6 +541,17 @@ def p99_ratio(lazy: ModeTotals, daemon: ModeTotals) -> float | None:
     return daemon.p99 / lazy.p99
 
 
+def round_ratios(runs: Sequence[ModeRun]) -> list[float]:
+    """partitiond p99 / lazy p99 of each round: the two modes of a round ran back to back, so these
+    ratios are the least exposed to the machine's speed drifting over the whole run."""
+    ratios = []
+    for round_no in sorted({r.round for r in runs}):
+        pair = {r.mode: totals([r], r.mode) for r in runs if r.round == round_no}
+        if set(pair) == set(MODES) and (ratio := p99_ratio(pair["lazy"], pair["partitiond"])) is not None:
+            ratios.append(ratio)
+    return ratios
+
+
 def _yes(ok: bool) -> str:
     return "yes" if ok else "NO"
 
@@ -536,7 +585,7 @@ def render(options: Options, runs: Sequence[ModeRun]) -> list[str]:
         attempts = f", {retried} of them after > 1 attempt, at most {max(daemon.daemon_attempts)}"
     lines += [
         "",
-        f"p99 ratio partitiond/lazy: {'-' if ratio is None else f'{ratio:.2f}'}",
+        f"p99 ratio partitiond/lazy: {'-' if ratio is None else f'{ratio:.2f}'}{_per_round(runs)}",
         f"stalls > 100 ms while a band was being created (key 5 held exclusively): "
         f"lazy {lazy.stalls_at_creation} of {lazy.stalls}, "
         f"partitiond {daemon.stalls_at_creation} of {daemon.stalls}",
@@ -550,6 +599,18 @@ def render(options: Options, runs: Sequence[ModeRun]) -> list[str]:
     for t in by_mode.values():
         lines += [f"{t.mode} problem: {p}" for p in t.problems[:10]]
     return lines
+
+
+def _per_round(runs: Sequence[ModeRun]) -> str:
+    ratios = round_ratios(runs)
+    if len(ratios) < 2:
+        return ""
+    lower = sum(1 for r in ratios if r < 1.0)
+    listed = " ".join(f"{r:.2f}" for r in ratios)
+    return (
+        f" (per round: {listed}; median {statistics.median(ratios):.2f}; "
+        f"partitiond lower in {lower} of {len(ratios)} rounds)"
+    )
 
 
 def as_json(options: Options, runs: Sequence[ModeRun], command: str, elapsed: float) -> dict[str, Any]:
@@ -572,6 +633,7 @@ def as_json(options: Options, runs: Sequence[ModeRun], command: str, elapsed: fl
         },
         "modes": {mode: t.as_json() for mode, t in by_mode.items()},
         "p99_ratio_partitiond_over_lazy": None if ratio is None else round(ratio, 4),
+        "p99_ratio_per_round": [round(r, 4) for r in round_ratios(runs)],
         "runs": [
             {
                 "round": r.round,

@@ -1,6 +1,8 @@
 """Applies a plan band by band inside the lock-safety envelope.
 
-Each band gets its own short transaction:
+A band that is already in both trees (created by another creator since the plan was made) is noticed
+with a lock-free catalog read and left alone: taking key 5 exclusively for it would stall every insert
+for nothing.  Any other band gets its own short transaction:
 
 1. ``SET LOCAL lock_timeout`` / ``statement_timeout`` — never wait unboundedly in a lock queue, because a
    waiting DDL request blocks every later insert behind it;
@@ -9,7 +11,9 @@ Each band gets its own short transaction:
    the lock in a gap between inserts when there is one.  Under continuous traffic there is no gap — some
    insert always holds the shared side — so it then queues like xmtpd's own cold path, but never longer
    than ``lock_timeout``: that bounds the stall any insert arriving meanwhile can see;
-3. ``SELECT ensure_gateway_parts_v4(...)``, which creates whatever of meta/blob L1/L2 is missing.
+3. ``SELECT ensure_gateway_parts_v4(...)``, which creates whatever of meta/blob L1/L2 is missing, in the
+   same statement that tells whether it created anything: while key 5 is held, inserts wait, so nothing
+   else is sent before ``COMMIT``.
 
 Lock timeouts, deadlocks and serialisation failures are retried with jittered exponential backoff,
 bounded per band (``lock_attempts``) and per run (``retry_budget`` seconds of backoff).  Any other error
@@ -37,6 +41,13 @@ BACKOFF_BASE = 0.02
 BACKOFF_CAP = 2.0
 TRY_LOCK_TRIES = 20
 TRY_LOCK_GAP = (0.001, 0.005)  # seconds between non-queueing tries: inserts take a few ms each
+
+# The ensure, and whether it wrote anything: nothing else in the band's transaction writes, so the
+# transaction has an xid exactly when the call created (part of) the band.  The MATERIALIZED CTE runs the
+# ensure before the outer SELECT looks at the xid.
+ENSURE = """WITH ensured AS MATERIALIZED (SELECT ensure_gateway_parts_v4(%(oid)s, %(start)s, %(width)s))
+SELECT pg_current_xact_id_if_assigned() IS NOT NULL FROM ensured
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,8 +130,17 @@ class Executor:
         return self.rng.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt))
 
     def _attempt(self, planned: PlannedBand) -> bool:
-        """One transaction for one band; returns whether the band already existed in both trees."""
+        """One transaction for one band; returns whether the band already existed in both trees.
+
+        Everything done while key 5 is held exclusively stalls every insert, so that section is one round
+        trip plus COMMIT: the "already there?" question is asked before the lock (a band that exists is
+        never worth stalling inserts for), and "did this call create anything?" is answered in the same
+        statement as the ensure.
+        """
         s = self.settings
+        band = {"oid": planned.originator, "start": planned.band.start, "end": planned.band.end}
+        if self._band_exists(band):
+            return True
         with self.conn.transaction():
             self.conn.execute(
                 "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",
@@ -128,14 +148,12 @@ class Executor:
             )
             if s.protocol_lock:
                 self._protocol_lock()
-            row = self.conn.execute(
-                "SELECT partitiond_band_exists(%(oid)s, %(start)s, %(end)s)",
-                {"oid": planned.originator, "start": planned.band.start, "end": planned.band.end},
-            ).fetchone()
-            self.conn.execute(
-                "SELECT ensure_gateway_parts_v4(%s, %s, %s)",
-                [planned.originator, planned.band.start, s.band_width],
-            )
+            row = self.conn.execute(ENSURE, {**band, "width": s.band_width}).fetchone()
+        return not (row and row[0])
+
+    def _band_exists(self, band: dict[str, int]) -> bool:
+        """A catalog read that takes no lock: both trees already hold the band."""
+        row = self.conn.execute("SELECT partitiond_band_exists(%(oid)s, %(start)s, %(end)s)", band).fetchone()
         return bool(row and row[0])
 
     def _protocol_lock(self) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.hotpath import Options, main, mode_order
+from bench.hotpath import ModeRun, Options, main, mode_order, round_ratios
 
 
 def test_mode_order_alternates_abba() -> None:
@@ -32,6 +32,22 @@ def test_command_line_echoes_every_option() -> None:
         "$ python bench/hotpath.py --writers 2 --originators 1 --band-width 500 --duration 2.5 --rounds 3 "
         "--seed 7 --json x.json"
     )
+
+
+def mode_run(mode: str, round_no: int, latencies: list[float]) -> ModeRun:
+    return ModeRun(mode, round_no, 1.0, {}, {}, {}, 0, 0, 0, latencies, [], [])
+
+
+def test_round_ratios_pair_the_modes_of_each_round() -> None:
+    """p99 of 100 evenly spread latencies is the 99th; a round missing a mode has no ratio."""
+    runs = [
+        mode_run("lazy", 0, [i / 1000 for i in range(1, 101)]),
+        mode_run("partitiond", 0, [i / 2000 for i in range(1, 101)]),
+        mode_run("partitiond", 1, [i / 1000 for i in range(1, 101)]),
+        mode_run("lazy", 1, [i / 4000 for i in range(1, 101)]),
+        mode_run("lazy", 2, [0.001]),
+    ]
+    assert round_ratios(runs) == pytest.approx([0.5, 4.0])
 
 
 @pytest.mark.slow
