@@ -679,7 +679,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Options, str | None]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--writers", type=positive_int, default=8, help="writer processes (one connection each)")
+    parser.add_argument(
+        "--writers", type=positive_int, default=8, help="writer processes (one connection each)"
+    )
     parser.add_argument("--originators", type=positive_int, default=4, help="originators shared by writers")
     parser.add_argument("--band-width", type=positive_int, default=10_000, help="sequence ids per band")
     parser.add_argument("--duration", type=positive_float, default=30.0, help="seconds per mode per round")
