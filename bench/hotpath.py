@@ -118,7 +118,7 @@ class OriginatorSequence:
 
 
 @dataclass
-class Writer:
+class WriterResult:
     """What one writer process did, sent back to the parent when it stops."""
 
     oid: int
@@ -139,14 +139,16 @@ class WriterJob:
     seed: int
 
 
-def writer_process(job: WriterJob, start: BarrierType, stop: EventType, results: QueueType[Writer]) -> None:
+def writer_process(
+    job: WriterJob, start: BarrierType, stop: EventType, results: QueueType[WriterResult]
+) -> None:
     """One writer with its own connection, writing one originator's envelopes as fast as it can.
 
     Writers are processes, not threads: xmtpd's Go writers do not share an interpreter lock, and with
     threads the GIL's switch interval (5 ms) would dominate the latency tail this benchmark measures."""
     rng = random.Random(job.seed)  # payload variety, not crypto
     payloads = [rng.randbytes(rng.randint(64, 512)) for _ in range(PAYLOAD_VARIANTS)]
-    result = Writer(job.oid)
+    result = WriterResult(job.oid)
     try:
         with psycopg.connect(job.dsn, autocommit=True, application_name="hotpath-writer") as conn:
             writer = LazyWriter(conn, band_width=job.band_width, stats=result.stats)
@@ -212,7 +214,7 @@ class ModeRun:
         )
 
 
-def run_writers(dsn: str, options: Options, round_no: int) -> tuple[float, float, list[Writer]]:
+def run_writers(dsn: str, options: Options, round_no: int) -> tuple[float, float, list[WriterResult]]:
     """All writers released at once, stopped after ``duration``; returns the wall-clock start and the
     seconds from the start to the last writer's end (in-flight inserts finish and count)."""
     ctx = multiprocessing.get_context("spawn")
@@ -247,7 +249,7 @@ def run_writers(dsn: str, options: Options, round_no: int) -> tuple[float, float
     return started_wall, time.perf_counter() - started, writers
 
 
-def collect(procs: Sequence[BaseProcess], results: QueueType[Writer]) -> list[Writer]:
+def collect(procs: Sequence[BaseProcess], results: QueueType[WriterResult]) -> list[WriterResult]:
     """Every writer's result, then the processes' exit.  The queue is drained before the joins: a process
     does not exit while its result is still in the queue's pipe."""
     try:

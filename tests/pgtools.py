@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -80,10 +81,25 @@ def run_concurrently(dsn: str, jobs: Sequence[Callable[[Conn], None]]) -> list[B
     return [r for r in results if r is not None]
 
 
+def ensure_band(conn: Conn, oid: int, seq: int, band_width: int = 1_000_000) -> None:
+    """The band holding ``seq``, as a plain ensure call (no protocol lock): test set-up, not partitiond."""
+    conn.execute("SELECT ensure_gateway_parts_v4(%s, %s, %s)", [oid, seq, band_width])
+
+
+def wait_for(condition: Callable[[], bool], deadline: float, what: str, poll: float = 0.05) -> None:
+    """Poll with a deadline: the only form of waiting in these tests."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if condition():
+            return
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {deadline}s waiting for {what}")
+
+
 def seed_rows(conn: Conn, oid: int, seqs: Sequence[int], band_width: int = 1_000_000) -> None:
     """Insert envelopes as xmtpd would have left them: bands created first, the latest table maintained."""
     for start in sorted({s // band_width * band_width for s in seqs}):
-        conn.execute("SELECT ensure_gateway_parts_v4(%s, %s, %s)", [oid, start, band_width])
+        ensure_band(conn, oid, start, band_width)
     conn.execute(
         """
         WITH m AS (

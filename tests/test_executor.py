@@ -7,7 +7,6 @@ band that is already there, and must tell "created" from "existed" without an ex
 from __future__ import annotations
 
 import threading
-import time
 
 import psycopg
 
@@ -16,7 +15,7 @@ from partitiond.config import Settings
 from partitiond.executor import Executor, Outcome, RetryBudget
 from partitiond.planner import PlannedBand
 
-from .pgtools import TREES, Conn, hold_lock, l2_bounds, leftovers
+from .pgtools import TREES, Conn, ensure_band, hold_lock, l2_bounds, leftovers, wait_for
 
 WIDTH = 1_000_000
 OID = 100
@@ -30,10 +29,6 @@ def ensure(dsn: str, start: int, lock_timeout: float = 0.3) -> Outcome:
     settings = Settings(dsn=dsn, metrics_address="", lock_timeout=lock_timeout, lock_attempts=1)
     with psycopg.connect(dsn, autocommit=True) as conn:
         return Executor(conn, settings).ensure(planned(start), RetryBudget(0))
-
-
-def ensure_directly(conn: Conn, start: int) -> None:
-    conn.execute("SELECT ensure_gateway_parts_v4(%s, %s, %s)", [OID, start, WIDTH])
 
 
 def waiting_for_advisory_lock(conn: Conn) -> bool:
@@ -51,7 +46,7 @@ def test_a_new_band_is_reported_created(conn: Conn, db_dsn: str) -> None:
 
 
 def test_a_half_built_band_is_finished_and_reported_created(conn: Conn, db_dsn: str) -> None:
-    ensure_directly(conn, 0)
+    ensure_band(conn, OID, 0)
     conn.execute("DROP TABLE gateway_envelopes_blob_o100_s0_1000000")
     outcome = ensure(db_dsn, 0)
     assert outcome.status == "created"
@@ -61,7 +56,7 @@ def test_a_half_built_band_is_finished_and_reported_created(conn: Conn, db_dsn: 
 def test_a_band_that_is_already_there_is_reported_without_taking_key_5(conn: Conn, db_dsn: str) -> None:
     """An insert in flight holds the shared side: queueing for the exclusive side would stall inserts and
     time out, for a band that needs nothing."""
-    ensure_directly(conn, 0)
+    ensure_band(conn, OID, 0)
     with psycopg.connect(db_dsn) as holder:
         hold_lock(holder, "shared protocol lock")
         outcome = ensure(db_dsn, 0)
@@ -75,13 +70,10 @@ def test_a_band_created_while_waiting_for_key_5_is_reported_existed(conn: Conn, 
     outcomes: list[Outcome] = []
     with psycopg.connect(db_dsn) as cold_path:
         cold_path.execute("SELECT pg_advisory_xact_lock(5)")
-        ensure_directly(cold_path, 0)  # not committed yet: the executor's first look finds nothing
+        ensure_band(cold_path, OID, 0)  # not committed yet: the executor's first look finds nothing
         waiter = threading.Thread(target=lambda: outcomes.append(ensure(db_dsn, 0, lock_timeout=30)))
         waiter.start()
-        deadline = time.monotonic() + 20
-        while not waiting_for_advisory_lock(conn):
-            assert time.monotonic() < deadline, "the executor never queued for key 5"
-            time.sleep(0.02)
+        wait_for(lambda: waiting_for_advisory_lock(conn), 20, "the executor to queue for key 5")
         cold_path.commit()
     waiter.join(30)
     assert [(o.status, o.failure) for o in outcomes] == [("existed", None)]

@@ -20,7 +20,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +35,7 @@ from partitiond.cli import main as cli_main
 from partitiond.cluster import LocalCluster, free_port, throwaway_cluster
 
 from .conftest import TEMPLATE_DB
-from .pgtools import TREES, Conn, Inserter, hold_lock, leftovers, seed_rows
+from .pgtools import TREES, Conn, Inserter, hold_lock, leftovers, seed_rows, wait_for
 
 _L1_BOUND = re.compile(r"^FOR VALUES IN \('?(-?\d+)'?\)$")
 _L2_BOUND = re.compile(r"^FOR VALUES FROM \('?(-?\d+)'?\) TO \('?(-?\d+)'?\)$")
@@ -51,16 +51,6 @@ BAND_STATEMENT = (
 
 
 # --- helpers shared with test_torture.py ------------------------------------------------------------------
-
-
-def wait_for(condition: Callable[[], bool], deadline: float, what: str, poll: float = 0.05) -> None:
-    """Poll with a deadline: the only form of waiting in these tests."""
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if condition():
-            return
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {deadline}s waiting for {what}")
 
 
 def partitiond_argv(command: str, *args: str) -> list[str]:

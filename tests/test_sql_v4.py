@@ -21,13 +21,10 @@ from .pgtools import (
     run_concurrently,
     seed_constraints,
 )
+from .pgtools import ensure_band as ensure
 
 BAND0 = "FOR VALUES FROM ('0') TO ('1000000')"
 BAND1 = "FOR VALUES FROM ('1000000') TO ('2000000')"
-
-
-def ensure(conn: Conn, oid: int, seq: int, width: int = 1_000_000) -> None:
-    conn.execute("SELECT ensure_gateway_parts_v4(%s, %s, %s)", [oid, seq, width])
 
 
 def test_creates_l1_and_l2_in_both_trees_with_xmtpd_names(conn: Conn) -> None:

@@ -25,7 +25,7 @@ import pytest
 from partitiond.cluster import free_port
 from partitiond.xmtpd_writer import LazyWriter
 
-from .pgtools import TREES, Conn, leftovers
+from .pgtools import TREES, Conn, leftovers, wait_for
 from .test_faults import (
     http_get,
     log_events,
@@ -35,7 +35,6 @@ from .test_faults import (
     spawn,
     stop_daemon,
     tree_shape,
-    wait_for,
 )
 
 TORTURE_SECONDS = float(os.environ.get("PARTITIOND_TORTURE_SECONDS", "30"))
