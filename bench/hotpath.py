@@ -4,7 +4,15 @@ K writer processes (default 8) share M originators (default 4); each originator 
 writers draw from in order, like xmtpd's per-originator sequence.  Every insert follows xmtpd's protocol
 (:class:`partitiond.xmtpd_writer.LazyWriter`): meta and blob in one statement inside a transaction holding
 the shared side of advisory key 5; on 23514 roll back, create the band under the exclusive side in its own
-transaction, retry.  Writers run flat out for a fixed duration.
+transaction, retry.  Writers run flat out for a warm-up (default 5 s, not measured), then for a fixed
+duration (measured).
+
+The warm-up keeps start-up transients out of the comparison: in lazy mode the writers' first inserts
+create every originator's first band in one pile-up; in partitiond mode the daemon creates every
+originator's next band as soon as its first probe has a write rate.  Neither happens again in steady
+state, which is what the measured window shows.  Correctness counts (cold-path creations, 40P01, rows
+lost) cover the whole run, warm-up included; throughput, crossings, latencies and the timelines cover the
+measured window.
 
 Two modes, measured in the same run and alternated per round (ABBA), each on a fresh database copied from
 one template:
@@ -21,8 +29,8 @@ gateway_envelopes_blob at the end).  Below the table: the p99 ratio, how many st
 creation (key 5 held exclusively), partitiond's runs, probes, bands and CPU, and the issue's targets.
 ``--json`` adds per-round numbers and timelines (stalls, band creations).  Progress goes to stderr.
 
-    python bench/hotpath.py [--writers 8] [--originators 4] [--band-width 10000] [--duration 30]
-                            [--rounds 2] [--seed 1] [--json PATH]
+    python bench/hotpath.py [--writers 8] [--originators 4] [--band-width 10000] [--warmup 5]
+                            [--duration 30] [--rounds 2] [--seed 1] [--json PATH]
 """
 
 from __future__ import annotations
@@ -82,6 +90,7 @@ class Options:
     writers: int = 8
     originators: int = 4
     band_width: int = 10_000
+    warmup: float = 5.0
     duration: float = 30.0
     rounds: int = 2
     seed: int = 1
@@ -93,7 +102,8 @@ class Options:
     def command_line(self, json_path: str | None = None) -> str:
         argv = [
             *("--writers", str(self.writers), "--originators", str(self.originators)),
-            *("--band-width", str(self.band_width), "--duration", f"{self.duration:g}"),
+            *("--band-width", str(self.band_width), "--warmup", f"{self.warmup:g}"),
+            *("--duration", f"{self.duration:g}"),
             *("--rounds", str(self.rounds), "--seed", str(self.seed)),
         ]
         if json_path is not None:
@@ -116,6 +126,11 @@ class OriginatorSequence:
             self._next.value = value + 1
         return value
 
+    def peek(self) -> int:
+        """The id the next insert will get."""
+        with self._next.get_lock():
+            return int(self._next.value)
+
 
 @dataclass
 class WriterResult:
@@ -126,6 +141,13 @@ class WriterResult:
     error: str | None = None
     # (wall-clock start, latency, took the cold path) of every stalled or cold-path insert
     events: list[tuple[float, float, bool]] = field(default_factory=list)
+    warmup_inserted: int = 0  # inserts acknowledged before the measured window
+
+    def start_window(self) -> None:
+        """Forget the warm-up's latencies and events; its counts stay (they are part of the run)."""
+        self.warmup_inserted = self.stats.inserted
+        self.stats.latencies.clear()
+        self.events.clear()
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +162,7 @@ class WriterJob:
 
 
 def writer_process(
-    job: WriterJob, start: BarrierType, stop: EventType, results: QueueType[WriterResult]
+    job: WriterJob, start: BarrierType, window: EventType, stop: EventType, results: QueueType[WriterResult]
 ) -> None:
     """One writer with its own connection, writing one originator's envelopes as fast as it can.
 
@@ -153,7 +175,11 @@ def writer_process(
         with psycopg.connect(job.dsn, autocommit=True, application_name="hotpath-writer") as conn:
             writer = LazyWriter(conn, band_width=job.band_width, stats=result.stats)
             start.wait(CONNECT_DEADLINE)
+            measuring = False
             while not stop.is_set():
+                if not measuring and window.is_set():
+                    measuring = True
+                    result.start_window()
                 cold = result.stats.cold_path
                 writer.insert(job.oid, job.sequence.next(), rng.choice(payloads))
                 latency = result.stats.latencies[-1]
@@ -174,7 +200,7 @@ class ModeRun:
     mode: str
     round: int
     seconds: float
-    acknowledged: dict[int, int]
+    acknowledged: dict[int, int]  # the whole run, warm-up included
     in_meta: dict[int, int]
     in_blob: dict[int, int]
     crossings: int
@@ -182,9 +208,10 @@ class ModeRun:
     deadlocks: int
     latencies: list[float]
     errors: list[str]
-    stalls: list[tuple[float, float]]  # (seconds after the writers started, latency) of inserts > 100 ms
-    creations: list[float] = field(default_factory=list)  # seconds after the start: bands created
-    started_wall: float = 0.0
+    stalls: list[tuple[float, float]]  # (seconds into the window, latency) of inserts > 100 ms
+    creations: list[float] = field(default_factory=list)  # seconds into the window: bands created
+    started_wall: float = 0.0  # the measured window's start
+    measured: int = 0  # inserts acknowledged in the measured window
     daemon_runs: int = 0
     daemon_probes: int = 0
     daemon_created: int = 0
@@ -203,10 +230,6 @@ class ModeRun:
         )
 
     @property
-    def inserted(self) -> int:
-        return sum(self.acknowledged.values())
-
-    @property
     def lost(self) -> int:
         return sum(
             max(0, acked - min(self.in_meta.get(oid, 0), self.in_blob.get(oid, 0)))
@@ -214,9 +237,20 @@ class ModeRun:
         )
 
 
-def run_writers(dsn: str, options: Options, round_no: int) -> tuple[float, float, list[WriterResult]]:
-    """All writers released at once, stopped after ``duration``; returns the wall-clock start and the
-    seconds from the start to the last writer's end (in-flight inserts finish and count)."""
+@dataclass(frozen=True, slots=True)
+class Window:
+    """The measured part of a run: when it started, how long it lasted, where each originator stood."""
+
+    started_wall: float
+    seconds: float  # to the last writer's end: in-flight inserts finish and count
+    next_ids: dict[int, int]  # per originator, the id the first measured insert got
+
+
+def run_writers(
+    dsn: str, options: Options, round_no: int, on_window: Callable[[], object] = lambda: None
+) -> tuple[Window, list[WriterResult]]:
+    """All writers released at once, measured after ``warmup`` (``on_window`` is called then), stopped
+    after ``duration``."""
     ctx = multiprocessing.get_context("spawn")
     sequences = {oid: OriginatorSequence(ctx) for oid in options.originator_ids}
     jobs = [
@@ -229,24 +263,31 @@ def run_writers(dsn: str, options: Options, round_no: int) -> tuple[float, float
         )
         for i in range(options.writers)
     ]
-    start, stop, results = ctx.Barrier(options.writers + 1), ctx.Event(), ctx.Queue()
+    start, window, stop, results = ctx.Barrier(options.writers + 1), ctx.Event(), ctx.Event(), ctx.Queue()
     procs = [
-        ctx.Process(target=writer_process, args=(job, start, stop, results), name=f"writer-{i}", daemon=True)
+        ctx.Process(
+            target=writer_process, args=(job, start, window, stop, results), name=f"writer-{i}", daemon=True
+        )
         for i, job in enumerate(jobs)
     ]
     for proc in procs:
         proc.start()
     started, started_wall = time.perf_counter(), time.time()
+    next_ids = {oid: seq.peek() for oid, seq in sequences.items()}
     try:
         start.wait(CONNECT_DEADLINE)
+        time.sleep(options.warmup)  # a duration, not a synchronisation: the writers run meanwhile
+        window.set()
         started, started_wall = time.perf_counter(), time.time()
+        next_ids = {oid: seq.peek() for oid, seq in sequences.items()}
+        on_window()
         stop.wait(options.duration)
     except threading.BrokenBarrierError:
         pass  # a writer failed to connect: its error is reported with the others
     finally:
         stop.set()
     writers = collect(procs, results)
-    return started_wall, time.perf_counter() - started, writers
+    return Window(started_wall, time.perf_counter() - started, next_ids), writers
 
 
 def collect(procs: Sequence[BaseProcess], results: QueueType[WriterResult]) -> list[WriterResult]:
@@ -277,8 +318,10 @@ def table_counts(conn: Conn, table: str) -> dict[int, tuple[int, int, int]]:
     return {int(oid): (int(n), int(lo), int(hi)) for oid, n, lo, hi in rows}
 
 
-def measure(dsn: str, options: Options, mode: str, round_no: int) -> ModeRun:
-    started, seconds, writers = run_writers(dsn, options, round_no)
+def measure(
+    dsn: str, options: Options, mode: str, round_no: int, on_window: Callable[[], object] = lambda: None
+) -> ModeRun:
+    window, writers = run_writers(dsn, options, round_no, on_window)
     with psycopg.connect(dsn, autocommit=True) as conn:
         meta = table_counts(conn, "gateway_envelopes_meta")
         blob = table_counts(conn, "gateway_envelopes_blob")
@@ -286,22 +329,23 @@ def measure(dsn: str, options: Options, mode: str, round_no: int) -> ModeRun:
     for w in writers:
         acknowledged[w.oid] += w.stats.inserted
     width = options.band_width
-    events = [(at - started, lat, cold) for w in writers for at, lat, cold in w.events]
+    events = [(at - window.started_wall, lat, cold) for w in writers for at, lat, cold in w.events]
     return ModeRun(
         mode=mode,
         round=round_no,
-        seconds=seconds,
+        seconds=window.seconds,
         acknowledged=acknowledged,
         in_meta={oid: n for oid, (n, _, _) in meta.items()},
         in_blob={oid: n for oid, (n, _, _) in blob.items()},
-        crossings=sum(hi // width - lo // width for _, lo, hi in meta.values()),
+        crossings=sum(hi // width - (window.next_ids[oid] - 1) // width for oid, (_, _, hi) in meta.items()),
         cold_path=sum(w.stats.cold_path for w in writers),
         deadlocks=sum(w.stats.deadlocks for w in writers),
         latencies=[lat for w in writers for lat in w.stats.latencies],
         errors=[f"writer for originator {w.oid}: {w.error}" for w in writers if w.error],
         stalls=sorted((at, lat) for at, lat, _ in events if lat > STALL_SECONDS),
         creations=sorted(at + lat for at, lat, cold in events if cold),
-        started_wall=started,
+        started_wall=window.started_wall,
+        measured=sum(w.stats.inserted - w.warmup_inserted for w in writers),
     )
 
 
@@ -349,13 +393,15 @@ def measure_with_daemon(dsn: str, options: Options, round_no: int, work_dir: Pat
     daemon = Daemon.for_bench(dsn, options, work_dir / f"partitiond-round{round_no}.log")
     try:
         daemon.wait_first_run(FIRST_RUN_DEADLINE)
-        cpu_before = daemon.cpu_seconds()
-        result = measure(dsn, options, "partitiond", round_no)
+        cpu_before: list[float | None] = []  # read when the measured window starts
+        result = measure(
+            dsn, options, "partitiond", round_no, lambda: cpu_before.append(daemon.cpu_seconds())
+        )
         cpu_after = daemon.cpu_seconds()
     finally:
         exit_code = daemon.stop()
-    if cpu_before is not None and cpu_after is not None:
-        result.daemon_cpu = cpu_after - cpu_before
+    if cpu_before and cpu_before[0] is not None and cpu_after is not None:
+        result.daemon_cpu = cpu_after - cpu_before[0]
     account_daemon(result, daemon.events())
     result.daemon_exit = exit_code
     return result
@@ -445,7 +491,7 @@ def progress_line(r: ModeRun, rounds: int) -> str:
         else ""
     )
     return (
-        f"round {r.round + 1}/{rounds} {r.mode}: {r.seconds:.1f}s, {r.inserted:,} envelopes, "
+        f"round {r.round + 1}/{rounds} {r.mode}: {r.seconds:.1f}s, {r.measured:,} envelopes, "
         f"{r.crossings} crossings, cold-path {r.cold_path}, 40P01 {r.deadlocks}, "
         f"p99 {_ms(p99)} ms, lost {r.lost}{daemon}"
     )
@@ -517,7 +563,7 @@ def totals(runs: Sequence[ModeRun], mode: str) -> ModeTotals:
     return ModeTotals(
         mode=mode,
         seconds=sum(r.seconds for r in mine),
-        envelopes=sum(r.inserted for r in mine),
+        envelopes=sum(r.measured for r in mine),
         crossings=sum(r.crossings for r in mine),
         cold_path=sum(r.cold_path for r in mine),
         deadlocks=sum(r.deadlocks for r in mine),
@@ -562,7 +608,8 @@ def render(options: Options, runs: Sequence[ModeRun]) -> list[str]:
     by_mode = {mode: totals(runs, mode) for mode in MODES}
     lines = [
         f"{options.writers} writers over {options.originators} originators, band width "
-        f"{options.band_width:,}, {options.rounds} round(s) x {options.duration:g}s per mode (ABBA); "
+        f"{options.band_width:,}, {options.rounds} round(s) x ({options.warmup:g}s warm-up + "
+        f"{options.duration:g}s measured) per mode (ABBA); "
         f"partitiond: --interval {DAEMON_INTERVAL} --runway {DAEMON_RUNWAY} "
         f"--probe-interval {DAEMON_PROBE_INTERVAL}",
         "",
@@ -624,6 +671,7 @@ def as_json(options: Options, runs: Sequence[ModeRun], command: str, elapsed: fl
             "writers": options.writers,
             "originators": options.originators,
             "band_width": options.band_width,
+            "warmup_s": options.warmup,
             "duration_s": options.duration,
             "rounds": options.rounds,
             "seed": options.seed,
@@ -641,7 +689,7 @@ def as_json(options: Options, runs: Sequence[ModeRun], command: str, elapsed: fl
                 "round": r.round,
                 "mode": r.mode,
                 **totals([r], r.mode).as_json(),
-                # timelines, in seconds after the writers started
+                # timelines, in seconds after the measured window started
                 "stalls_at_s": [[round(at, 3), round(lat * 1000, 1)] for at, lat in r.stalls],
                 "band_creations_at_s": [round(c, 3) for c in r.creations],
                 "partitiond_failures_at_shutdown": r.daemon_stop_failures,
@@ -677,6 +725,13 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def parse_args(argv: Sequence[str] | None) -> tuple[Options, str | None]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -686,7 +741,12 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Options, str | None]:
     )
     parser.add_argument("--originators", type=positive_int, default=4, help="originators shared by writers")
     parser.add_argument("--band-width", type=positive_int, default=10_000, help="sequence ids per band")
-    parser.add_argument("--duration", type=positive_float, default=30.0, help="seconds per mode per round")
+    parser.add_argument(
+        "--warmup", type=non_negative_float, default=5.0, help="seconds per mode per round before measuring"
+    )
+    parser.add_argument(
+        "--duration", type=positive_float, default=30.0, help="seconds measured per mode per round"
+    )
     parser.add_argument("--rounds", type=positive_int, default=2, help="rounds; mode order alternates (ABBA)")
     parser.add_argument("--seed", type=int, default=1, help="seed for the envelope payloads")
     parser.add_argument("--json", metavar="PATH", default=None, help="also write the results as JSON here")
@@ -697,6 +757,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Options, str | None]:
         writers=args.writers,
         originators=args.originators,
         band_width=args.band_width,
+        warmup=args.warmup,
         duration=args.duration,
         rounds=args.rounds,
         seed=args.seed,

@@ -76,6 +76,7 @@ class Daemon:
     reload: Callable[[], Settings] | None = None
     metrics: Metrics = field(default_factory=Metrics)
     control: pipeline.RunControl = field(default_factory=pipeline.RunControl)
+    kept: pipeline.KeptConnection = field(default_factory=pipeline.KeptConnection)
     health: HealthState = field(init=False)
     estimator: RateEstimator = field(init=False)
     lease: LeaderLease = field(init=False)
@@ -117,7 +118,7 @@ class Daemon:
         # Routine probes log at debug; each full run's line says how many ran since the previous one.
         fields = {"probes_since_last_run": self._probes} if known is None else None
         result = pipeline.run_pass(
-            self.settings, self.env, self.estimator, self.control, known, leader, fields
+            self.settings, self.env, self.estimator, self.control, known, leader, fields, self.kept
         )
         self._probes = 0 if known is None else self._probes + 1
         report.record(self.metrics, result)
@@ -283,6 +284,7 @@ class Daemon:
             logging.shutdown()
             os._exit(1)  # the stuck worker thread would otherwise keep the interpreter alive
         self.lease.release()
+        self.kept.close()
         scheduler.shutdown(wait=False)
         self._job_lock.release()  # a job already queued now sees the stop flag and returns at once
         log.info("stopped")

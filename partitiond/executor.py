@@ -1,19 +1,27 @@
 """Applies a plan band by band inside the lock-safety envelope.
 
-A band that is already in both trees (created by another creator since the plan was made) is noticed
-with a lock-free catalog read and left alone: taking key 5 exclusively for it would stall every insert
-for nothing.  Any other band gets its own short transaction:
+Everything done while the exclusive side of xmtpd's partition-creation lock (key 5) is held stalls every
+insert, so the executor keeps that section as short as the DDL allows:
 
-1. ``SET LOCAL lock_timeout`` / ``statement_timeout`` — never wait unboundedly in a lock queue, because a
-   waiting DDL request blocks every later insert behind it;
-2. the exclusive side of xmtpd's partition-creation advisory lock (key 5).  partitiond first tries it
-   without queueing (``pg_try_advisory_xact_lock``, a few jittered tries milliseconds apart), so it takes
-   the lock in a gap between inserts when there is one.  Under continuous traffic there is no gap — some
-   insert always holds the shared side — so it then queues like xmtpd's own cold path, but never longer
-   than ``lock_timeout``: that bounds the stall any insert arriving meanwhile can see;
-3. ``SELECT ensure_gateway_parts_v4(...)``, which creates whatever of meta/blob L1/L2 is missing, in the
-   same statement that tells whether it created anything: while key 5 is held, inserts wait, so nothing
-   else is sent before ``COMMIT``.
+* A band that is already in both trees (created by another creator since the plan was made) is noticed
+  with a lock-free catalog read and left alone: taking key 5 for it would stall inserts for nothing.
+* Any other band gets its own short transaction:
+
+  1. ``SET LOCAL lock_timeout`` / ``statement_timeout`` — never wait unboundedly in a lock queue, because
+     a waiting DDL request blocks every later insert behind it;
+  2. ``partitiond_stage_band``, *before* key 5: the catalog checks, and the band's two L2 tables created
+     as plain tables under private names.  Nothing an insert needs is locked by this;
+  3. the exclusive side of key 5.  partitiond first tries it without queueing
+     (``pg_try_advisory_xact_lock``, a few jittered tries milliseconds apart), so it takes the lock in a
+     gap between inserts when there is one.  Under continuous traffic there is no gap — some insert always
+     holds the shared side — so it then queues like xmtpd's own cold path, but never longer than
+     ``lock_timeout``: that bounds the stall any insert arriving meanwhile can see;
+  4. ``partitiond_attach_staged``: rename and ATTACH, the only DDL that needs the lock, then ``COMMIT``.
+
+  When the band is not the plain case (a missing L1 for a new originator, a half-built band, a table in
+  the way), step 2 creates nothing and step 4 is the full ``ensure_gateway_parts_v4`` instead, in the same
+  statement that tells whether it created anything.  When xmtpd's cold path creates the band while
+  partitiond waits for the lock, step 4 declines and the transaction rolls back, staged tables included.
 
 Lock timeouts, deadlocks and serialisation failures are retried with jittered exponential backoff,
 bounded per band (``lock_attempts``) and per run (``retry_budget`` seconds of backoff).  Any other error
@@ -42,9 +50,13 @@ BACKOFF_CAP = 2.0
 TRY_LOCK_TRIES = 20
 TRY_LOCK_GAP = (0.001, 0.005)  # seconds between non-queueing tries: inserts take a few ms each
 
-# The ensure, and whether it wrote anything: nothing else in the band's transaction writes, so the
-# transaction has an xid exactly when the call created (part of) the band.  The MATERIALIZED CTE runs the
-# ensure before the outer SELECT looks at the xid.
+BAND_EXISTS = "SELECT partitiond_band_exists(%(oid)s, %(start)s, %(end)s)"
+# The L1 children to attach to (OIDs travel better than names), or NULL when staging does not apply.
+STAGE = "SELECT partitiond_stage_band(%(oid)s, %(start)s, %(end)s)::oid[]"
+ATTACH = "SELECT partitiond_attach_staged(%(oid)s, %(start)s, %(end)s, %(l1s)s::oid[]::regclass[])"
+# The full ensure, and whether it wrote anything: it only runs when staging created nothing, and nothing
+# else in the transaction writes, so the transaction has an xid exactly when the call created (part of)
+# the band.  The MATERIALIZED CTE runs the ensure before the outer SELECT looks at the xid.
 ENSURE = """WITH ensured AS MATERIALIZED (SELECT ensure_gateway_parts_v4(%(oid)s, %(start)s, %(width)s))
 SELECT pg_current_xact_id_if_assigned() IS NOT NULL FROM ensured
 """
@@ -130,31 +142,42 @@ class Executor:
         return self.rng.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt))
 
     def _attempt(self, planned: PlannedBand) -> bool:
-        """One transaction for one band; returns whether the band already existed in both trees.
+        """One band; returns whether it already existed in both trees."""
+        band = {"oid": planned.originator, "start": planned.band.start, "end": planned.band.end}
+        if self._scalar(BAND_EXISTS, band):
+            return True
+        created = self._create(band, stage=True)
+        if created is None:  # xmtpd's cold path took a name of the band while we waited for key 5
+            if self._scalar(BAND_EXISTS, band):
+                return True
+            created = bool(self._create(band, stage=False))
+        return not created
 
-        Everything done while key 5 is held exclusively stalls every insert, so that section is one round
-        trip plus COMMIT: the "already there?" question is asked before the lock (a band that exists is
-        never worth stalling inserts for), and "did this call create anything?" is answered in the same
-        statement as the ensure.
+    def _create(self, band: dict[str, int], stage: bool) -> bool | None:
+        """The band's transaction; returns whether it created anything, or None if it rolled back unchanged.
+
+        While key 5 is held, one statement runs and then COMMIT: the staged path's rename-and-attach, or
+        the full ensure when staging does not apply.
         """
         s = self.settings
-        band = {"oid": planned.originator, "start": planned.band.start, "end": planned.band.end}
-        if self._band_exists(band):
-            return True
-        with self.conn.transaction():
+        with self.conn.transaction() as tx:
             self.conn.execute(
                 "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",
                 [_pg_interval(s.lock_timeout), _pg_interval(s.statement_timeout)],
             )
+            l1s = self._scalar(STAGE, band) if stage else None
             if s.protocol_lock:
                 self._protocol_lock()
-            row = self.conn.execute(ENSURE, {**band, "width": s.band_width}).fetchone()
-        return not (row and row[0])
+            if l1s is None:
+                return bool(self._scalar(ENSURE, {**band, "width": s.band_width}))
+            if self._scalar(ATTACH, {**band, "l1s": l1s}):
+                return True
+            raise psycopg.Rollback(tx)
+        return None
 
-    def _band_exists(self, band: dict[str, int]) -> bool:
-        """A catalog read that takes no lock: both trees already hold the band."""
-        row = self.conn.execute("SELECT partitiond_band_exists(%(oid)s, %(start)s, %(end)s)", band).fetchone()
-        return bool(row and row[0])
+    def _scalar(self, query: str, params: dict[str, Any]) -> Any:
+        row = self.conn.execute(query, params).fetchone()
+        return row[0] if row else None
 
     def _protocol_lock(self) -> None:
         """Exclusive side of xmtpd's key: in a gap between inserts if one comes, else queued (bounded)."""

@@ -12,12 +12,13 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import psycopg
 import structlog
+from psycopg.pq import TransactionStatus
 
 from partitiond import catalog, sqlfiles
 from partitiond.bands import Band, band_for
@@ -85,6 +86,55 @@ def open_connection(settings: Settings, env: Mapping[str, str]) -> Conn:
         raise PassFailure(
             EXIT_SERVER, f"cannot connect to PostgreSQL: {one_line(redact(str(exc)))}"
         ) from None
+
+
+@dataclass
+class KeptConnection:
+    """The daemon's connection, kept from one pass to the next instead of a new one per pass.
+
+    A new backend starts with cold caches, and a probe can come every second.  The cost that matters is
+    paid under key 5: a partition's first ATTACH in a backend loads the relation cache of every meta
+    partition its foreign-key check plans over, while every insert waits.  A kept backend pays that
+    once.  Each pass first checks the session with one ``SELECT 1`` and replaces it if it ended while the
+    daemon slept (server restart, ``idle_session_timeout``, a NAT timeout); a pass that fails with a
+    database error drops it, so the next pass starts on a fresh backend.
+    """
+
+    _conn: Conn | None = field(default=None, init=False)
+
+    @contextlib.contextmanager
+    def use(self, settings: Settings, env: Mapping[str, str]) -> Iterator[Conn]:
+        conn = self._usable()
+        if conn is None:
+            conn = self._conn = open_connection(settings, env)
+        try:
+            yield conn
+        except psycopg.Error:
+            self.close()
+            raise
+
+    def _usable(self) -> Conn | None:
+        conn = self._conn
+        if (
+            conn is None
+            or conn.broken
+            or conn.closed
+            or conn.info.transaction_status != TransactionStatus.IDLE
+        ):
+            self.close()
+            return None
+        try:
+            conn.execute("SELECT 1")
+        except psycopg.Error:
+            self.close()
+            return None
+        return conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.close()
+        self._conn = None
 
 
 def one_line(text: str) -> str:
@@ -355,18 +405,20 @@ def run_pass(
     known: catalog.Inventory | None = None,
     leader: bool = True,
     log_fields: Mapping[str, object] | None = None,
+    kept: KeptConnection | None = None,
 ) -> PassReport:
     """One pass.  Never raises for database trouble: the report says what happened.
 
     Without ``known`` it is a full run (the catalog is read); with ``known`` it is a probe: one read of
     the positions, and a catalog read plus DDL only if the forecast requires a band.  A follower
-    (``leader=False``) reads and plans — its metrics stay meaningful — but creates nothing.
+    (``leader=False``) reads and plans — its metrics stay meaningful — but creates nothing.  With
+    ``kept`` the pass runs on the daemon's kept connection, else on a connection of its own.
     """
     kind: Kind = "run" if known is None else "probe"
     started = time.monotonic()
     control = control or RunControl()
     try:
-        with open_connection(settings, env) as conn:
+        with open_connection(settings, env) if kept is None else kept.use(settings, env) as conn:
             control.attach(conn)
             try:
                 snapshot, the_plan = plan_pass(conn, settings, estimator, known)

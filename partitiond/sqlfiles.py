@@ -14,9 +14,15 @@ import psycopg
 from psycopg import sql
 
 # Bump whenever anything under sql/functions/ changes; run/check compare it with the installed marker.
-SQL_VERSION = 1
+SQL_VERSION = 2
 VERSION_MARKER = f"partitiond sql-version {SQL_VERSION}"
 ENSURE_SIGNATURE = "ensure_gateway_parts_v4(integer, bigint, bigint)"
+# What the executor calls besides the ensure: its lock-free existence check and its two-step creation path.
+EXECUTOR_SIGNATURES = (
+    "partitiond_band_exists(integer, bigint, bigint)",
+    "partitiond_stage_band(integer, bigint, bigint)",
+    "partitiond_attach_staged(integer, bigint, bigint, regclass[])",
+)
 
 
 def sql_root() -> Path:
@@ -35,13 +41,14 @@ def _read_dir(name: str) -> str:
 
 
 def _grants(schema: str, roles: Sequence[str]) -> str:
-    """What partitiond's runtime role needs: the schema, the two entry points, and the vector clock."""
+    """What partitiond's runtime role needs: the schema, the executor's entry points, the vector clock."""
+    functions = sql.SQL(", ").join(sql.SQL(sig) for sig in (ENSURE_SIGNATURE, *EXECUTOR_SIGNATURES))
     statements = [
         sql.SQL(
             "GRANT USAGE ON SCHEMA {schema} TO {role};\n"
-            "GRANT EXECUTE ON FUNCTION {ensure}, partitiond_band_exists(integer, bigint, bigint) TO {role};\n"
+            "GRANT EXECUTE ON FUNCTION {functions} TO {role};\n"
             "GRANT SELECT ON gateway_envelopes_latest TO {role};"
-        ).format(schema=sql.Identifier(schema), ensure=sql.SQL(ENSURE_SIGNATURE), role=sql.Identifier(role))
+        ).format(schema=sql.Identifier(schema), functions=functions, role=sql.Identifier(role))
         for role in roles
     ]
     return "\n".join(s.as_string() for s in statements)

@@ -130,11 +130,11 @@ def ddl_count(conn: Conn) -> int:
 
 
 def leftovers(conn: Conn) -> list[str]:
-    """Half-done work: tables named like partitions but not attached, and seed constraints."""
+    """Half-done work: tables named like partitions (or staged ones) but not attached, seed constraints."""
     rows = conn.execute(
         """
         SELECT c.relname::text FROM pg_class c
-        WHERE c.relname ~ '^gateway_envelopes_(meta|blob)_o' AND c.relkind IN ('r', 'p')
+        WHERE c.relname ~ '^(gateway_envelopes_(meta|blob)_o|partitiond_stage_)' AND c.relkind IN ('r', 'p')
           AND NOT c.relispartition
         """
     ).fetchall()

@@ -396,6 +396,7 @@ def test_leftovers_in_a_real_catalog(conn: Conn, db_dsn: str) -> None:
         "CONSTRAINT seq_id_check CHECK (originator_sequence_id >= 1000000))"
     )
     conn.execute("CREATE TABLE gateway_envelopes_blob_default PARTITION OF gateway_envelopes_blob DEFAULT")
+    conn.execute("CREATE TABLE partitiond_stage_blob_o100_s7000000 (LIKE gateway_envelopes_blob)")  # by hand
     conn.execute(
         "CREATE TABLE odd_name PARTITION OF gateway_envelopes_meta_o100"
         " FOR VALUES FROM (5000000) TO (6000000)"
@@ -407,6 +408,7 @@ def test_leftovers_in_a_real_catalog(conn: Conn, db_dsn: str) -> None:
         ("warning", "leftovers", "gateway_envelopes_blob_default"),
         ("warning", "leftovers", "gateway_envelopes_meta_o100_s1000000_2000000"),
         ("warning", "leftovers", "gateway_envelopes_meta_o100_s1000000_2000000"),
+        ("warning", "leftovers", "partitiond_stage_blob_o100_s7000000"),
         ("warning", "names", "odd_name"),
         ("warning", "symmetry", "odd_name"),
     ]

@@ -46,6 +46,7 @@ _L2_BOUND = re.compile(r"^FOR VALUES FROM \('?(-?\d+)'?\) TO \('?(-?\d+)'?\)$")
 BAND_STATEMENT = (
     "(query LIKE 'SELECT set_config(''lock_timeout''%%' OR query LIKE 'SELECT pg_try_advisory_xact_lock%%'"
     " OR query LIKE 'SELECT pg_advisory_xact_lock(%%' OR query LIKE 'SELECT partitiond_band_exists%%'"
+    " OR query LIKE 'SELECT partitiond_stage_band(%%' OR query LIKE 'SELECT partitiond_attach_staged(%%'"
     " OR query LIKE 'WITH ensured AS MATERIALIZED (SELECT ensure_gateway_parts_v4(%%')"
 )
 

@@ -25,12 +25,10 @@ def test_mode_order_alternates_abba() -> None:
 
 
 def test_command_line_echoes_every_option() -> None:
-    line = Options(writers=2, originators=1, band_width=500, duration=2.5, rounds=3, seed=7).command_line(
-        "x.json"
-    )
-    assert line == (
-        "$ python bench/hotpath.py --writers 2 --originators 1 --band-width 500 --duration 2.5 --rounds 3 "
-        "--seed 7 --json x.json"
+    options = Options(writers=2, originators=1, band_width=500, warmup=0.5, duration=2.5, rounds=3, seed=7)
+    assert options.command_line("x.json") == (
+        "$ python bench/hotpath.py --writers 2 --originators 1 --band-width 500 --warmup 0.5 --duration 2.5 "
+        "--rounds 3 --seed 7 --json x.json"
     )
 
 
@@ -54,7 +52,10 @@ def test_round_ratios_pair_the_modes_of_each_round() -> None:
 def test_smoke_run_reports_both_modes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out_json = tmp_path / "hotpath.json"
     main(
-        ["--writers", "2", "--originators", "2", "--duration", "2", "--rounds", "1", "--json", str(out_json)]
+        [
+            *("--writers", "2", "--originators", "2", "--warmup", "0.5", "--duration", "2"),
+            *("--rounds", "1", "--json", str(out_json)),
+        ]
     )
     out = capsys.readouterr().out
     assert out.startswith("$ python bench/hotpath.py --writers 2 --originators 2 ")

@@ -224,3 +224,50 @@ def test_a_suspicious_jump_is_logged_and_creates_only_two_bands(conn: Conn, db_d
         band(40_000_000, 41_000_000),
         band(41_000_000, 42_000_000),
     ]
+
+
+def backend_pid(kept: pipeline.KeptConnection, settings: Settings) -> int:
+    with kept.use(settings, ENV) as conn:
+        return conn.info.backend_pid
+
+
+def test_the_daemon_keeps_one_backend_from_pass_to_pass(conn: Conn, db_dsn: str) -> None:
+    """A new backend per probe would pay cold caches on every ATTACH, while key 5 is held."""
+    settings = Settings(dsn=db_dsn, metrics_address="", originators=(100,))
+    kept = pipeline.KeptConnection()
+    try:
+        first = pipeline.run_pass(settings, ENV, kept=kept)
+        pid = backend_pid(kept, settings)
+        second = pipeline.run_pass(settings, ENV, kept=kept)
+        assert (first.result, second.result) == ("success", "success")
+        assert first.counts["created"] == 1
+        assert backend_pid(kept, settings) == pid
+    finally:
+        kept.close()
+
+
+def test_a_kept_connection_that_died_is_replaced_before_the_pass(conn: Conn, db_dsn: str) -> None:
+    """Server restarts and idle timeouts end sessions while the daemon sleeps: the next pass must not
+    fail for it."""
+    settings = Settings(dsn=db_dsn, metrics_address="", originators=(100,))
+    kept = pipeline.KeptConnection()
+    try:
+        pid = backend_pid(kept, settings)
+        conn.execute("SELECT pg_terminate_backend(%s)", [pid])
+        report = pipeline.run_pass(settings, ENV, kept=kept)
+        assert (report.result, report.counts["created"]) == ("success", 1)
+        assert backend_pid(kept, settings) != pid
+    finally:
+        kept.close()
+
+
+def test_a_database_error_drops_the_kept_connection(conn: Conn, db_dsn: str) -> None:
+    settings = Settings(dsn=db_dsn, metrics_address="")
+    kept = pipeline.KeptConnection()
+    try:
+        pid = backend_pid(kept, settings)
+        with pytest.raises(psycopg.errors.UndefinedTable), kept.use(settings, ENV) as failing:
+            failing.execute("SELECT * FROM no_such_table")
+        assert backend_pid(kept, settings) != pid
+    finally:
+        kept.close()

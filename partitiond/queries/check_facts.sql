@@ -4,7 +4,8 @@
 --   default          a DEFAULT partition anywhere in the trees: relation = its parent, name = the partition
 --   detach_pending   a partition an interrupted DETACH ... CONCURRENTLY left behind (PostgreSQL 14+; read
 --                    through to_jsonb so the query also runs where pg_inherits has no such column)
---   unattached       a table named like a partition that is no partition at all: name, detail = relkind
+--   unattached       a table named like a partition (or like partitiond's never-committed staging tables)
+--                    that is no partition at all: name, detail = relkind
 --   seed_constraint  a leftover oid_check / seq_id_check: relation = its table, detail = its definition
 --   foreign_key      a TOP-LEVEL foreign key into gateway_envelopes_meta from gateway_envelopes_blob or
 --                    blockchain_messages: relation = referencing table, detail = ON DELETE action (c = cascade)
@@ -43,7 +44,7 @@ SELECT 'unattached', c.relname::text, c.relname::text, c.relkind::text
 FROM pg_catalog.pg_class AS c
 JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
 WHERE n.nspname = %(schema)s
-  AND c.relname ~ '^gateway_envelopes_(meta|blob)_o'
+  AND c.relname ~ '^(gateway_envelopes_(meta|blob)_o|partitiond_stage_)'
   AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
   AND NOT c.relispartition
 UNION ALL

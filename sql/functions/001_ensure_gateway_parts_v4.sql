@@ -22,6 +22,36 @@
 -- It does NOT take xmtpd's partition-creation advisory lock (key 5): callers take its exclusive side in
 -- their own short transaction.  Taking it here would deadlock a caller that already holds the shared side.
 
+-- The name xmtpd gives a band's L2 child; PostgreSQL keeps only the first 63 bytes of a longer one.
+CREATE OR REPLACE FUNCTION partitiond_l2_name(p_tree text, p_oid int, p_start bigint, p_end bigint)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path FROM CURRENT
+AS $$
+    SELECT left(format('%s_o%s_s%s_%s', p_tree, p_oid, p_start, p_end), 63)
+$$;
+
+-- The private name a band's L2 table has while partitiond_stage_band and partitiond_attach_staged prepare
+-- it in one transaction.  It is never committed, and no other tool creates such a name, so holding it
+-- while waiting for key 5 can block nobody.
+CREATE OR REPLACE FUNCTION partitiond_stage_name(p_tree text, p_oid int, p_start bigint)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+SET search_path FROM CURRENT
+AS $$
+    SELECT format('partitiond_stage_%s_o%s_s%s', split_part(p_tree, '_', 3), p_oid, p_start)
+$$;
+
+-- Serialise creators: per-originator locks alone do not prevent cross-originator deadlocks, because
+-- ATTACH of a sub-partitioned child locks the shared top parents (xmtpd PR #1974, commit 05fa5a67).
+CREATE OR REPLACE FUNCTION partitiond_lock_creators()
+RETURNS void
+LANGUAGE sql
+SET search_path FROM CURRENT
+AS $$
+    SELECT pg_advisory_xact_lock(hashtext('xmtpd.ensure_gateway_parts')::bigint)
+$$;
+
 -- The L1 child of p_parent that holds originator p_oid, decided by its LIST bound.
 CREATE OR REPLACE FUNCTION partitiond_l1_child(p_parent regclass, p_oid int)
 RETURNS regclass
@@ -135,7 +165,7 @@ LANGUAGE plpgsql
 SET search_path FROM CURRENT
 AS $$
 DECLARE
-    v_name  text := left(format('%s_o%s_s%s_%s', p_tree, p_oid, p_start, p_end), 63);
+    v_name  text := partitiond_l2_name(p_tree, p_oid, p_start, p_end);
     v_clash record;
 BEGIN
     PERFORM pg_advisory_xact_lock(hashtext(format('xmtpd.%s_l2', p_tree)), hashtext(format('%s:%s', p_oid, p_start)));
@@ -178,6 +208,83 @@ AS $$
     WHERE l2.band_start = p_start AND l2.band_end = p_end
 $$;
 
+-- partitiond's own creation path splits a plain new band (both L1s there, nothing of the band there yet)
+-- into two steps of ONE transaction, because everything done while key 5 is held stalls every insert:
+--  1. partitiond_stage_band, BEFORE the caller takes key 5: the checks, and the two L2 tables created as
+--     plain tables under private names (partitiond_stage_name).  This takes no lock that an insert or a
+--     creator holding key 5 needs: ACCESS SHARE on the two L1s (for LIKE) and the new tables themselves;
+--  2. partitiond_attach_staged, under key 5: rename each table to its final name and attach it.  ATTACH
+--     names the child's indexes from the final name, so the children are the same as the ensure's.
+-- A crash or an error anywhere rolls both steps back: staged tables are never committed.
+
+-- Step 1.  Returns the L1 children (meta, blob) to attach to, or NULL, having created nothing, when the
+-- band is not the plain case: an L1 is missing, a child overlapping the band exists, or a name is taken.
+-- The caller then runs ensure_gateway_parts_v4 under key 5 instead, which settles every such case.
+CREATE OR REPLACE FUNCTION partitiond_stage_band(p_oid int, p_start bigint, p_end bigint)
+RETURNS regclass[]
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_trees CONSTANT text[] := ARRAY['gateway_envelopes_meta', 'gateway_envelopes_blob'];
+    v_l1s   regclass[] := '{}';
+    v_l1    regclass;
+BEGIN
+    IF p_oid IS NULL OR p_start IS NULL OR p_end IS NULL OR p_start < 0 OR p_end <= p_start THEN
+        RAISE EXCEPTION 'partitiond_stage_band: no such band [%, %) of originator %', p_start, p_end, p_oid
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOR i IN 1..2 LOOP
+        v_l1 := partitiond_l1_child(format('%I.%I', current_schema(), v_trees[i])::regclass, p_oid);
+        IF v_l1 IS NULL
+           OR EXISTS (SELECT 1 FROM partitiond_l2_children(v_l1) WHERE band_start < p_end AND band_end > p_start)
+           OR to_regclass(format('%I.%I', current_schema(),
+                                 partitiond_l2_name(v_trees[i], p_oid, p_start, p_end))) IS NOT NULL
+           OR to_regclass(format('%I.%I', current_schema(),
+                                 partitiond_stage_name(v_trees[i], p_oid, p_start))) IS NOT NULL
+        THEN
+            RETURN NULL;
+        END IF;
+        v_l1s := v_l1s || v_l1;
+    END LOOP;
+    FOR i IN 1..2 LOOP
+        EXECUTE format('CREATE TABLE %I.%I (LIKE %s INCLUDING DEFAULTS INCLUDING CONSTRAINTS)',
+                       current_schema(), partitiond_stage_name(v_trees[i], p_oid, p_start), v_l1s[i]);
+    END LOOP;
+    RETURN v_l1s;
+END
+$$;
+
+-- Step 2, while the caller holds key 5: as little as possible.  Returns false, having changed nothing,
+-- when a final name was taken while the caller waited for the lock (xmtpd's cold path created the band):
+-- the caller rolls back, which drops the staged tables.
+CREATE OR REPLACE FUNCTION partitiond_attach_staged(p_oid int, p_start bigint, p_end bigint, p_l1s regclass[])
+RETURNS boolean
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_trees CONSTANT text[] := ARRAY['gateway_envelopes_meta', 'gateway_envelopes_blob'];
+    v_names text[] := ARRAY[partitiond_l2_name(v_trees[1], p_oid, p_start, p_end),
+                            partitiond_l2_name(v_trees[2], p_oid, p_start, p_end)];
+BEGIN
+    PERFORM partitiond_lock_creators();  -- also serialises with callers of the ensure that skip key 5
+    FOR i IN 1..2 LOOP
+        IF to_regclass(format('%I.%I', current_schema(), v_names[i])) IS NOT NULL THEN
+            RETURN false;
+        END IF;
+    END LOOP;
+    -- Same order as every xmtpd ensure: meta L2, then blob L2.
+    FOR i IN 1..2 LOOP
+        EXECUTE format('ALTER TABLE %I.%I RENAME TO %I',
+                       current_schema(), partitiond_stage_name(v_trees[i], p_oid, p_start), v_names[i]);
+        EXECUTE format('ALTER TABLE %s ATTACH PARTITION %I.%I FOR VALUES FROM (%s) TO (%s)',
+                       p_l1s[i], current_schema(), v_names[i], p_start, p_end);
+    END LOOP;
+    RETURN true;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION ensure_gateway_parts_v4(
     p_originator_node_id int,
     p_originator_sequence_id bigint,
@@ -218,9 +325,7 @@ BEGIN
         RETURN;
     END IF;
 
-    -- Serialise creators: per-originator locks alone do not prevent cross-originator deadlocks, because
-    -- ATTACH of a sub-partitioned child locks the shared top parents (xmtpd PR #1974, commit 05fa5a67).
-    PERFORM pg_advisory_xact_lock(hashtext('xmtpd.ensure_gateway_parts')::bigint);
+    PERFORM partitiond_lock_creators();
 
     -- Same order as every xmtpd ensure: meta L1, blob L1, meta L2, blob L2.
     v_meta_l1 := partitiond_ensure_l1('gateway_envelopes_meta', p_originator_node_id);

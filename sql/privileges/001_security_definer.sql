@@ -20,6 +20,9 @@ $$;
 ALTER FUNCTION ensure_gateway_parts_v4(integer, bigint, bigint) SECURITY DEFINER;
 -- The executor's "did this band exist?" check reads only the catalog, through helpers revoked below.
 ALTER FUNCTION partitiond_band_exists(integer, bigint, bigint) SECURITY DEFINER;
+-- The executor's own creation path: stage a band's tables before key 5, attach them under it.
+ALTER FUNCTION partitiond_stage_band(integer, bigint, bigint) SECURITY DEFINER;
+ALTER FUNCTION partitiond_attach_staged(integer, bigint, bigint, regclass[]) SECURITY DEFINER;
 
 -- Nobody but the roles granted below may call the family (PUBLIC has EXECUTE on new functions).
 DO $$
