@@ -17,6 +17,8 @@ insert, so the executor keeps that section as short as the DDL allows:
      holds the shared side — so it then queues like xmtpd's own cold path, but never longer than
      ``lock_timeout``: that bounds the stall any insert arriving meanwhile can see;
   4. ``partitiond_attach_staged``: rename and ATTACH, the only DDL that needs the lock, then ``COMMIT``.
+     The blob child is instead created with ``PARTITION OF`` when its L1 can be locked at once (NOWAIT):
+     ATTACH would validate the foreign key into meta with a query planned over every meta partition.
 
   When the band is not the plain case (a missing L1 for a new originator, a half-built band, a table in
   the way), step 2 creates nothing and step 4 is the full ``ensure_gateway_parts_v4`` instead, in the same

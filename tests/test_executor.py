@@ -27,9 +27,13 @@ def planned(start: int) -> PlannedBand:
     return PlannedBand(OID, Band(start, start + WIDTH), "ahead", "test", 0)
 
 
-def ensure(dsn: str, start: int, lock_timeout: float = 0.3) -> Outcome:
+def ensure(dsn: str, start: int, lock_timeout: float = 0.3, notices: list[str] | None = None) -> Outcome:
+    """One band through a new executor; with ``notices``, collect the server's DEBUG1 messages too."""
     settings = Settings(dsn=dsn, metrics_address="", lock_timeout=lock_timeout, lock_attempts=1)
     with psycopg.connect(dsn, autocommit=True) as conn:
+        if notices is not None:
+            conn.execute("SET client_min_messages = debug1")
+            conn.add_notice_handler(lambda diag: notices.append(diag.message_primary or ""))
         return Executor(conn, settings).ensure(planned(start), RetryBudget(0))
 
 
@@ -124,11 +128,12 @@ def shape(conn: Conn, table: str) -> dict[str, list[tuple[object, ...]]]:
     queries = {
         "columns": """
             SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull,
-                   pg_get_expr(d.adbin, d.adrelid)
+                   pg_get_expr(d.adbin, d.adrelid), a.attislocal, a.attinhcount
             FROM pg_attribute a LEFT JOIN pg_attrdef d ON (d.adrelid, d.adnum) = (a.attrelid, a.attnum)
             WHERE a.attrelid = %(t)s::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum""",
         "constraints": """
-            SELECT contype, pg_get_constraintdef(oid), conparentid <> 0 FROM pg_constraint
+            SELECT contype, pg_get_constraintdef(oid), conparentid <> 0, conislocal, coninhcount
+            FROM pg_constraint
             WHERE conrelid = %(t)s::regclass ORDER BY 1, 2""",
         "indexes": """
             SELECT starts_with(i.indexrelid::regclass::text, substring(%(t)s FROM '^(.*_o[0-9]+_s)')),
@@ -146,10 +151,31 @@ def shape(conn: Conn, table: str) -> dict[str, list[tuple[object, ...]]]:
     return {k: conn.execute(q, {"t": table}).fetchall() for k, q in queries.items()}
 
 
+def verified(notices: list[str], table: str) -> bool:
+    """ATTACH scans the new table to check its partition constraint (DEBUG1 "verifying table");
+    PARTITION OF has nothing to verify."""
+    return any(n == f'verifying table "{table}"' for n in notices)
+
+
+@pytest.mark.parametrize("reader", [False, True], ids=["blob by PARTITION OF", "blob L1 being read"])
 @pytest.mark.parametrize("tree", TREES)
-def test_a_staged_band_is_the_same_as_one_the_ensure_creates(conn: Conn, db_dsn: str, tree: str) -> None:
+def test_a_staged_band_is_the_same_as_one_the_ensure_creates(
+    conn: Conn, db_dsn: str, tree: str, reader: bool
+) -> None:
+    """Both ways partitiond creates a band give exactly what the ensure gives.  A reader of the blob L1
+    holds ACCESS SHARE on it: partitiond must not wait for it (the 0.3 s lock timeout would fail the band)
+    but attach the staged blob table instead."""
     ensure_band(conn, OID, 0)
-    assert ensure(db_dsn, WIDTH).status == "created"
+    notices: list[str] = []
+    with psycopg.connect(db_dsn) as reading:
+        if reader:
+            reading.execute(f"SELECT count(*) FROM gateway_envelopes_blob_o{OID}")
+        outcome = ensure(db_dsn, WIDTH, notices=notices)
+        reading.rollback()
+    assert (outcome.status, outcome.attempts) == ("created", 1)
+    blob = f"gateway_envelopes_blob_o{OID}_s{WIDTH}_{2 * WIDTH}"
+    assert verified(notices, blob) == reader
+    assert verified(notices, f"gateway_envelopes_meta_o{OID}_s{WIDTH}_{2 * WIDTH}")
     by_ensure = shape(conn, f"{tree}_o{OID}_s0_{WIDTH}")
     by_partitiond = shape(conn, f"{tree}_o{OID}_s{WIDTH}_{2 * WIDTH}")
     assert by_partitiond == by_ensure

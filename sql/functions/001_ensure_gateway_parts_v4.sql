@@ -12,7 +12,8 @@
 --  * an idempotent call takes no table lock at all (PR #1974 dropped leftover seed constraints on every
 --    call, which takes ACCESS EXCLUSIVE on a live partition);
 --  * bad arguments fail with SQLSTATE 22023 before anything is locked or created.
--- No error is caught anywhere: whatever goes wrong reaches the caller with its SQLSTATE, and the caller's
+-- No error is caught anywhere (except a refused NOWAIT lock, which only chooses between two ways to
+-- create a table): whatever goes wrong reaches the caller with its SQLSTATE, and the caller's
 -- transaction rolls back every step of the band.
 --
 -- The functions work on the tables in the schema they are installed into: the installer sets search_path
@@ -208,13 +209,29 @@ AS $$
     WHERE l2.band_start = p_start AND l2.band_end = p_end
 $$;
 
+-- ACCESS EXCLUSIVE on p_table if nobody holds a conflicting lock right now; never waits.  The
+-- subtransaction keeps a refused lock from aborting the caller's transaction.
+CREATE OR REPLACE FUNCTION partitiond_try_lock_exclusive(p_table regclass)
+RETURNS boolean
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
+BEGIN
+    EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE NOWAIT', p_table);
+    RETURN true;
+EXCEPTION WHEN lock_not_available THEN
+    RETURN false;
+END
+$$;
+
 -- partitiond's own creation path splits a plain new band (both L1s there, nothing of the band there yet)
 -- into two steps of ONE transaction, because everything done while key 5 is held stalls every insert:
 --  1. partitiond_stage_band, BEFORE the caller takes key 5: the checks, and the two L2 tables created as
 --     plain tables under private names (partitiond_stage_name).  This takes no lock that an insert or a
 --     creator holding key 5 needs: ACCESS SHARE on the two L1s (for LIKE) and the new tables themselves;
---  2. partitiond_attach_staged, under key 5: rename each table to its final name and attach it.  ATTACH
---     names the child's indexes from the final name, so the children are the same as the ensure's.
+--  2. partitiond_attach_staged, under key 5: rename each table to its final name and attach it (or,
+--     for blob, create it with PARTITION OF when that is free; see there).  PostgreSQL names the child's
+--     indexes from the final name, so the children are the same as the ensure's.
 -- A crash or an error anywhere rolls both steps back: staged tables are never committed.
 
 -- Step 1.  Returns the L1 children (meta, blob) to attach to, or NULL, having created nothing, when the
@@ -258,15 +275,23 @@ $$;
 -- Step 2, while the caller holds key 5: as little as possible.  Returns false, having changed nothing,
 -- when a final name was taken while the caller waited for the lock (xmtpd's cold path created the band):
 -- the caller rolls back, which drops the staged tables.
+--
+-- The blob child is best created with PARTITION OF: ATTACH validates the foreign key into
+-- gateway_envelopes_meta with a query planned over EVERY meta partition (about 7 ms at 160 partitions,
+-- growing with their number, all of it while inserts wait), and PARTITION OF does not validate a new,
+-- empty table.  It needs ACCESS EXCLUSIVE on the blob L1, which readers of that originator's blobs
+-- conflict with, so it is taken only if free at this instant (NOWAIT: never queued, never waited for);
+-- otherwise the staged blob table is attached like the meta one.
 CREATE OR REPLACE FUNCTION partitiond_attach_staged(p_oid int, p_start bigint, p_end bigint, p_l1s regclass[])
 RETURNS boolean
 LANGUAGE plpgsql
 SET search_path FROM CURRENT
 AS $$
 DECLARE
-    v_trees CONSTANT text[] := ARRAY['gateway_envelopes_meta', 'gateway_envelopes_blob'];
-    v_names text[] := ARRAY[partitiond_l2_name(v_trees[1], p_oid, p_start, p_end),
-                            partitiond_l2_name(v_trees[2], p_oid, p_start, p_end)];
+    v_trees  CONSTANT text[] := ARRAY['gateway_envelopes_meta', 'gateway_envelopes_blob'];
+    v_names  text[] := ARRAY[partitiond_l2_name(v_trees[1], p_oid, p_start, p_end),
+                             partitiond_l2_name(v_trees[2], p_oid, p_start, p_end)];
+    v_staged text;
 BEGIN
     PERFORM partitiond_lock_creators();  -- also serialises with callers of the ensure that skip key 5
     FOR i IN 1..2 LOOP
@@ -276,10 +301,16 @@ BEGIN
     END LOOP;
     -- Same order as every xmtpd ensure: meta L2, then blob L2.
     FOR i IN 1..2 LOOP
-        EXECUTE format('ALTER TABLE %I.%I RENAME TO %I',
-                       current_schema(), partitiond_stage_name(v_trees[i], p_oid, p_start), v_names[i]);
-        EXECUTE format('ALTER TABLE %s ATTACH PARTITION %I.%I FOR VALUES FROM (%s) TO (%s)',
-                       p_l1s[i], current_schema(), v_names[i], p_start, p_end);
+        v_staged := partitiond_stage_name(v_trees[i], p_oid, p_start);
+        IF i = 2 AND partitiond_try_lock_exclusive(p_l1s[i]) THEN
+            EXECUTE format('DROP TABLE %I.%I', current_schema(), v_staged);
+            EXECUTE format('CREATE TABLE %I.%I PARTITION OF %s FOR VALUES FROM (%s) TO (%s)',
+                           current_schema(), v_names[i], p_l1s[i], p_start, p_end);
+        ELSE
+            EXECUTE format('ALTER TABLE %I.%I RENAME TO %I', current_schema(), v_staged, v_names[i]);
+            EXECUTE format('ALTER TABLE %s ATTACH PARTITION %I.%I FOR VALUES FROM (%s) TO (%s)',
+                           p_l1s[i], current_schema(), v_names[i], p_start, p_end);
+        END IF;
     END LOOP;
     RETURN true;
 END
