@@ -4,8 +4,15 @@ K writer processes (default 8) share M originators (default 4); each originator 
 writers draw from in order, like xmtpd's per-originator sequence.  Every insert follows xmtpd's protocol
 (:class:`partitiond.xmtpd_writer.LazyWriter`): meta and blob in one statement inside a transaction holding
 the shared side of advisory key 5; on 23514 roll back, create the band under the exclusive side in its own
-transaction, retry.  Writers run flat out for a warm-up (default 5 s, not measured), then for a fixed
-duration (measured).
+transaction, retry.  Writers run flat out (or, with ``--rate``, each at a fixed pace) for a warm-up
+(default 5 s, not measured), then for a fixed duration (measured).
+
+Flat out, the machine is saturated and every band creation stalls every writer once, however short the
+stall: the p99 then counts creations, not their length.  At a pace below saturation, as real traffic
+mostly is, a stall catches only the inserts that arrive while it lasts, so its length shows.  Originators
+start spread over their first band (originator k of M at id 1 + (k-1)·width/M), so that equal paces do
+not make them all cross at the same moment; each database is primed with one envelope per originator just
+below that start, so partitiond's first run finds every originator where it is, as it would in production.
 
 The warm-up keeps start-up transients out of the comparison: in lazy mode the writers' first inserts
 create every originator's first band in one pile-up; in partitiond mode the daemon creates every
@@ -29,8 +36,8 @@ gateway_envelopes_blob at the end).  Below the table: the p99 ratio, how many st
 creation (key 5 held exclusively), partitiond's runs, probes, bands and CPU, and the issue's targets.
 ``--json`` adds per-round numbers and timelines (stalls, band creations).  Progress goes to stderr.
 
-    python bench/hotpath.py [--writers 8] [--originators 4] [--band-width 10000] [--warmup 5]
-                            [--duration 30] [--rounds 2] [--seed 1] [--json PATH]
+    python bench/hotpath.py [--writers 8] [--originators 4] [--band-width 10000] [--rate 0]
+                            [--warmup 5] [--duration 30] [--rounds 2] [--seed 1] [--json PATH]
 """
 
 from __future__ import annotations
@@ -90,6 +97,7 @@ class Options:
     writers: int = 8
     originators: int = 4
     band_width: int = 10_000
+    rate: float = 0.0  # envelopes per second per writer; 0: flat out
     warmup: float = 5.0
     duration: float = 30.0
     rounds: int = 2
@@ -102,8 +110,8 @@ class Options:
     def command_line(self, json_path: str | None = None) -> str:
         argv = [
             *("--writers", str(self.writers), "--originators", str(self.originators)),
-            *("--band-width", str(self.band_width), "--warmup", f"{self.warmup:g}"),
-            *("--duration", f"{self.duration:g}"),
+            *("--band-width", str(self.band_width), "--rate", f"{self.rate:g}"),
+            *("--warmup", f"{self.warmup:g}", "--duration", f"{self.duration:g}"),
             *("--rounds", str(self.rounds), "--seed", str(self.seed)),
         ]
         if json_path is not None:
@@ -159,12 +167,13 @@ class WriterJob:
     dsn: str
     band_width: int
     seed: int
+    rate: float
 
 
 def writer_process(
     job: WriterJob, start: BarrierType, window: EventType, stop: EventType, results: QueueType[WriterResult]
 ) -> None:
-    """One writer with its own connection, writing one originator's envelopes as fast as it can.
+    """One writer with its own connection, writing one originator's envelopes flat out or at ``rate``.
 
     Writers are processes, not threads: xmtpd's Go writers do not share an interpreter lock, and with
     threads the GIL's switch interval (5 ms) would dominate the latency tail this benchmark measures."""
@@ -176,7 +185,9 @@ def writer_process(
             writer = LazyWriter(conn, band_width=job.band_width, stats=result.stats)
             start.wait(CONNECT_DEADLINE)
             measuring = False
-            while not stop.is_set():
+            due = time.monotonic()
+            while not stop.wait(max(0.0, due - time.monotonic()) if job.rate else 0):  # paced: a schedule
+                due += 1 / job.rate if job.rate else 0  # a late writer catches up, it never skips
                 if not measuring and window.is_set():
                     measuring = True
                     result.start_window()
@@ -246,13 +257,31 @@ class Window:
     next_ids: dict[int, int]  # per originator, the id the first measured insert got
 
 
+def first_id(options: Options, oid: int) -> int:
+    """Originators start spread over the first band, as real ones sit anywhere in theirs: at equal paces,
+    equal starts would make every originator cross at the same moment, for ever."""
+    return 1 + (oid - 1) * options.band_width // options.originators
+
+
+PRIMED_ROWS = 1  # per originator, written by prime()
+
+
+def prime(dsn: str, options: Options) -> None:
+    """One envelope per originator just below its writers' first id, written the xmtpd way (band 0
+    included) before partitiond starts, so that its first run sees every originator's position."""
+    with psycopg.connect(dsn, autocommit=True, application_name="hotpath-prime") as conn:
+        writer = LazyWriter(conn, band_width=options.band_width)
+        for oid in options.originator_ids:
+            writer.insert(oid, first_id(options, oid) - 1)
+
+
 def run_writers(
     dsn: str, options: Options, round_no: int, on_window: Callable[[], object] = lambda: None
 ) -> tuple[Window, list[WriterResult]]:
     """All writers released at once, measured after ``warmup`` (``on_window`` is called then), stopped
     after ``duration``."""
     ctx = multiprocessing.get_context("spawn")
-    sequences = {oid: OriginatorSequence(ctx) for oid in options.originator_ids}
+    sequences = {oid: OriginatorSequence(ctx, first_id(options, oid)) for oid in options.originator_ids}
     jobs = [
         WriterJob(
             oid=(oid := options.originator_ids[i % options.originators]),
@@ -260,6 +289,7 @@ def run_writers(
             dsn=dsn,
             band_width=options.band_width,
             seed=options.seed * 1_000_003 + round_no * 1_009 + i,
+            rate=options.rate,
         )
         for i in range(options.writers)
     ]
@@ -325,7 +355,7 @@ def measure(
     with psycopg.connect(dsn, autocommit=True) as conn:
         meta = table_counts(conn, "gateway_envelopes_meta")
         blob = table_counts(conn, "gateway_envelopes_blob")
-    acknowledged = dict.fromkeys(options.originator_ids, 0)
+    acknowledged = dict.fromkeys(options.originator_ids, PRIMED_ROWS)
     for w in writers:
         acknowledged[w.oid] += w.stats.inserted
     width = options.band_width
@@ -474,6 +504,7 @@ def run_bench(cluster: LocalCluster, options: Options, progress: Progress) -> li
         for round_no in range(options.rounds):
             for mode in mode_order(round_no):
                 with fresh_database(cluster, f"hotpath_{round_no}_{mode}") as dsn:
+                    prime(dsn, options)
                     if mode == "lazy":
                         result = measure(dsn, options, mode, round_no)
                     else:
@@ -606,9 +637,11 @@ def _yes(ok: bool) -> str:
 
 def render(options: Options, runs: Sequence[ModeRun]) -> list[str]:
     by_mode = {mode: totals(runs, mode) for mode in MODES}
+    pace = f"{options.rate:g} envelopes/s each" if options.rate else "flat out"
     lines = [
-        f"{options.writers} writers over {options.originators} originators, band width "
-        f"{options.band_width:,}, {options.rounds} round(s) x ({options.warmup:g}s warm-up + "
+        f"{options.writers} writers ({pace}) over {options.originators} originators, band width "
+        f"{options.band_width:,}, "
+        f"{options.rounds} round(s) x ({options.warmup:g}s warm-up + "
         f"{options.duration:g}s measured) per mode (ABBA); "
         f"partitiond: --interval {DAEMON_INTERVAL} --runway {DAEMON_RUNWAY} "
         f"--probe-interval {DAEMON_PROBE_INTERVAL}",
@@ -671,6 +704,7 @@ def as_json(options: Options, runs: Sequence[ModeRun], command: str, elapsed: fl
             "writers": options.writers,
             "originators": options.originators,
             "band_width": options.band_width,
+            "rate_per_writer": options.rate,
             "warmup_s": options.warmup,
             "duration_s": options.duration,
             "rounds": options.rounds,
@@ -742,6 +776,12 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Options, str | None]:
     parser.add_argument("--originators", type=positive_int, default=4, help="originators shared by writers")
     parser.add_argument("--band-width", type=positive_int, default=10_000, help="sequence ids per band")
     parser.add_argument(
+        "--rate",
+        type=non_negative_float,
+        default=0.0,
+        help="envelopes per second per writer (0: flat out, saturating the machine)",
+    )
+    parser.add_argument(
         "--warmup", type=non_negative_float, default=5.0, help="seconds per mode per round before measuring"
     )
     parser.add_argument(
@@ -757,6 +797,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Options, str | None]:
         writers=args.writers,
         originators=args.originators,
         band_width=args.band_width,
+        rate=args.rate,
         warmup=args.warmup,
         duration=args.duration,
         rounds=args.rounds,

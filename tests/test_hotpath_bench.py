@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.hotpath import ModeRun, Options, main, mode_order, round_ratios
+from bench.hotpath import ModeRun, Options, first_id, main, mode_order, round_ratios
 
 
 def test_mode_order_alternates_abba() -> None:
@@ -25,10 +25,12 @@ def test_mode_order_alternates_abba() -> None:
 
 
 def test_command_line_echoes_every_option() -> None:
-    options = Options(writers=2, originators=1, band_width=500, warmup=0.5, duration=2.5, rounds=3, seed=7)
+    options = Options(
+        writers=2, originators=1, band_width=500, rate=50, warmup=0.5, duration=2.5, rounds=3, seed=7
+    )
     assert options.command_line("x.json") == (
-        "$ python bench/hotpath.py --writers 2 --originators 1 --band-width 500 --warmup 0.5 --duration 2.5 "
-        "--rounds 3 --seed 7 --json x.json"
+        "$ python bench/hotpath.py --writers 2 --originators 1 --band-width 500 --rate 50 --warmup 0.5 "
+        "--duration 2.5 --rounds 3 --seed 7 --json x.json"
     )
 
 
@@ -53,12 +55,13 @@ def test_smoke_run_reports_both_modes(tmp_path: Path, capsys: pytest.CaptureFixt
     out_json = tmp_path / "hotpath.json"
     main(
         [
-            *("--writers", "2", "--originators", "2", "--warmup", "0.5", "--duration", "2"),
+            *("--writers", "2", "--originators", "2", "--band-width", "300"),
+            *("--warmup", "0.5", "--duration", "2"),
             *("--rounds", "1", "--json", str(out_json)),
         ]
     )
     out = capsys.readouterr().out
-    assert out.startswith("$ python bench/hotpath.py --writers 2 --originators 2 ")
+    assert out.startswith("$ python bench/hotpath.py --writers 2 --originators 2 --band-width 300 ")
 
     rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
     assert {"lazy", "partitiond"} <= rows.keys(), out
@@ -70,8 +73,15 @@ def test_smoke_run_reports_both_modes(tmp_path: Path, capsys: pytest.CaptureFixt
     assert lazy["envelopes"] > 0 and daemon["envelopes"] > 0
     assert daemon["rows_lost"] == 0 and lazy["rows_lost"] == 0
     assert daemon["partitiond_runs"] >= 1
-    # Lazy mode has no partitiond: band 0 of each originator can only come from the cold path.
-    assert lazy["cold_path"] >= 2
+    # Lazy mode has no partitiond: every band its writers crossed into came from the cold path.
+    assert lazy["band_crossings"] >= 1
+    assert lazy["cold_path"] >= lazy["band_crossings"]
     assert [r["mode"] for r in data["runs"]] == ["lazy", "partitiond"]
     # The table reports partitiond's rows lost as 0 (last column).
     assert rows["partitiond"].rstrip(" |").rsplit("|", 1)[-1].strip() == "0"
+
+
+def test_originators_start_spread_over_the_first_band() -> None:
+    options = Options(originators=4, band_width=1000)
+    starts = [first_id(options, oid) for oid in options.originator_ids]
+    assert starts == sorted(set(starts)) and starts[0] == 1 and starts[-1] < 1000
