@@ -18,7 +18,7 @@ from psycopg import errors, sql
 from partitiond import sqlfiles
 from partitiond.cluster import LocalCluster
 
-from .pgtools import TREES, l2_bounds
+from .pgtools import TREES, l2_bounds, seed_rows
 from .test_cli import cli
 
 
@@ -100,3 +100,27 @@ def test_printed_script_applies_with_psql_semantics(roles: Roles) -> None:
         ).fetchone()
     assert marker == (sqlfiles.VERSION_MARKER,)
     assert cli("run-once", "--dsn", roles.daemon_dsn, "--originator", "7").returncode == 0
+
+
+def test_a_role_with_only_execute_creates_the_next_band_through_the_staged_path(roles: Roles) -> None:
+    """Under existing L1s partitiond stages the band before key 5 and attaches it under it: both steps
+    must work through SECURITY DEFINER with nothing but the granted EXECUTE."""
+    installed = cli("install-sql", "--dsn", roles.owner_dsn, "--security-definer", "--grant-to", roles.daemon)
+    assert installed.returncode == 0, installed.stderr
+    with psycopg.connect(roles.owner_dsn, autocommit=True) as conn:
+        seed_rows(conn, 100, [800_000])  # 80 % into band 0: the next band is due
+    result = cli("run-once", "--dsn", roles.daemon_dsn)
+    assert result.returncode == 0, result.stderr
+    with psycopg.connect(roles.owner_dsn, autocommit=True) as conn:
+        for tree in TREES:
+            assert l2_bounds(conn, tree, 100)[-1] == "FOR VALUES FROM ('1000000') TO ('2000000')"
+        owners = conn.execute(
+            "SELECT DISTINCT pg_get_userbyid(relowner) FROM pg_class"
+            " WHERE relname LIKE 'gateway_envelopes_%_o100_s1000000%'"
+        ).fetchall()
+        assert owners == [(roles.owner,)]
+    with (
+        psycopg.connect(roles.daemon_dsn, autocommit=True) as conn,
+        pytest.raises(errors.InsufficientPrivilege),
+    ):
+        conn.execute("SELECT partitiond_try_lock_exclusive('gateway_envelopes_blob'::regclass)")  # a helper
