@@ -37,11 +37,12 @@ def ensure(dsn: str, start: int, lock_timeout: float = 0.3, notices: list[str] |
         return Executor(conn, settings).ensure(planned(start), RetryBudget(0))
 
 
-def waiting_for_advisory_lock(conn: Conn) -> bool:
+def waiting_for_key_5(conn: Conn) -> int | None:
+    """The backend queued for the exclusive side of key 5, if any."""
     row = conn.execute(
-        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objid = 5"
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objid = 5"
     ).fetchone()
-    return bool(row and row[0])
+    return int(str(row[0])) if row else None
 
 
 def test_a_new_band_is_reported_created(conn: Conn, db_dsn: str) -> None:
@@ -79,18 +80,11 @@ def test_a_band_created_while_waiting_for_key_5_is_reported_existed(conn: Conn, 
         ensure_band(cold_path, OID, 0)  # not committed yet: the executor's first look finds nothing
         waiter = threading.Thread(target=lambda: outcomes.append(ensure(db_dsn, 0, lock_timeout=30)))
         waiter.start()
-        wait_for(lambda: waiting_for_advisory_lock(conn), 20, "the executor to queue for key 5")
+        wait_for(lambda: waiting_for_key_5(conn) is not None, 20, "the executor to queue for key 5")
         cold_path.commit()
     waiter.join(30)
     assert [(o.status, o.failure) for o in outcomes] == [("existed", None)]
     assert leftovers(conn) == []
-
-
-def executor_waiting_for_key_5(conn: Conn) -> int | None:
-    row = conn.execute(
-        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND NOT granted AND objid = 5"
-    ).fetchone()
-    return int(str(row[0])) if row else None
 
 
 def test_the_band_is_staged_before_queueing_for_key_5(conn: Conn, db_dsn: str) -> None:
@@ -102,8 +96,8 @@ def test_the_band_is_staged_before_queueing_for_key_5(conn: Conn, db_dsn: str) -
         hold_lock(holder, "shared protocol lock")
         waiter = threading.Thread(target=lambda: outcomes.append(ensure(db_dsn, WIDTH, lock_timeout=30)))
         waiter.start()
-        wait_for(lambda: executor_waiting_for_key_5(conn) is not None, 20, "the executor to queue for key 5")
-        pid = executor_waiting_for_key_5(conn)
+        wait_for(lambda: waiting_for_key_5(conn) is not None, 20, "the executor to queue for key 5")
+        pid = waiting_for_key_5(conn)
         held = conn.execute(
             """
             SELECT l.mode, c.relname IS NOT NULL AS committed
