@@ -70,8 +70,8 @@ import psycopg
 from psycopg import sql
 
 from partitiond import sqlfiles
+from partitiond.child import Daemon as DemoDaemon
 from partitiond.cluster import LocalCluster, throwaway_cluster
-from partitiond.demo import Daemon as DemoDaemon
 from partitiond.demo import percentile
 from partitiond.xmtpd_writer import LazyWriter, WriterStats
 

@@ -37,6 +37,7 @@ class ServerState:
 
     in_recovery: bool
     server_version: int
+    deadlock_timeout_ms: int
     has_meta: bool
     has_blob: bool
     has_latest: bool

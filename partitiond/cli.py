@@ -110,12 +110,39 @@ OPTIONS: tuple[Opt, ...] = (
     Opt(
         ("--lock-timeout",),
         "lock_timeout",
-        f"Longest wait for any lock while creating a band. [default: {format_duration(D.lock_timeout)}]",
+        "Longest wait for a lock before key 5, while partitiond holds nothing xmtpd needs (staging a "
+        f"band's tables). [default: {format_duration(D.lock_timeout)}]",
     ),
     Opt(
         ("--statement-timeout",),
         "statement_timeout",
-        f"Statement timeout of the ensure call. [default: {format_duration(D.statement_timeout)}]",
+        f"Statement timeout outside the key-5 hold. [default: {format_duration(D.statement_timeout)}]",
+    ),
+    Opt(
+        ("--hold-budget",),
+        "hold_budget",
+        "Longest wait for any lock while partitiond holds or queues for key 5 (every insert waits "
+        "meanwhile); past it the band is deferred and retried. Kept below the server's "
+        f"deadlock_timeout. [default: {format_duration(D.hold_budget)}]",
+    ),
+    Opt(
+        ("--hold-timeout",),
+        "hold_timeout",
+        "Longest a statement may run while partitiond holds key 5; past it the band is deferred. Kept "
+        f"below the server's deadlock_timeout. [default: {format_duration(D.hold_timeout)}]",
+    ),
+    Opt(
+        ("--idle-in-transaction-timeout",),
+        "idle_in_transaction_timeout",
+        "The server ends partitiond's session if it sits this long inside a band's transaction (a frozen "
+        f"or cut-off partitiond releases key 5). [default: {format_duration(D.idle_in_transaction_timeout)}]",
+    ),
+    Opt(
+        ("--slow-path-runway",),
+        "slow_path_runway",
+        "While a reader keeps a blob L1 busy, a band is deferred unless its originator has less runway "
+        "than this; then it is attached the slow way (validating the blob foreign key under key 5). "
+        f"[default: {format_duration(D.slow_path_runway)}]",
     ),
     Opt(
         ("--connect-timeout",),
@@ -136,8 +163,8 @@ OPTIONS: tuple[Opt, ...] = (
     Opt(
         ("--lock-attempts",),
         "lock_attempts",
-        "Attempts per band on lock timeouts, deadlocks and serialization "
-        f"protocol lock. [default: {D.lock_attempts}]",
+        "Attempts per band when a lock is busy (the band is deferred), or on a deadlock or "
+        f"serialization failure. [default: {D.lock_attempts}]",
     ),
     Opt(
         ("--retry-budget",),

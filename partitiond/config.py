@@ -65,6 +65,10 @@ class Settings:
     max_jump_bands: int = 10
     lock_timeout: float = 0.5
     statement_timeout: float = 30.0
+    hold_budget: float = 0.05
+    hold_timeout: float = 0.5
+    idle_in_transaction_timeout: float = 2.0
+    slow_path_runway: float = 600.0
     connect_timeout: float = 10.0
     protocol_lock: bool = True
     protocol_lock_key: int = 5
@@ -287,6 +291,10 @@ _RULES: dict[str, _Rule] = {
     "max_jump_bands": _count(),
     "lock_timeout": _duration(lambda v: 0 < v <= 60, "a duration above 0 and at most 60s (e.g. 500ms)"),
     "statement_timeout": _duration(lambda v: v > 0, "a positive duration (e.g. 30s)"),
+    "hold_budget": _duration(lambda v: 0.001 <= v <= 1, "a duration from 1ms to 1s (e.g. 50ms)"),
+    "hold_timeout": _duration(lambda v: 0.001 <= v <= 60, "a duration from 1ms to 60s (e.g. 500ms)"),
+    "idle_in_transaction_timeout": _duration(lambda v: 0.1 <= v <= 600, "a duration from 100ms to 10m"),
+    "slow_path_runway": _duration(lambda v: v >= 0, "a duration >= 0 (e.g. 10m)"),
     "connect_timeout": _duration(
         lambda v: v >= 1 and v == int(v), "a whole number of seconds >= 1 (e.g. 10s)"
     ),
@@ -344,6 +352,7 @@ def _coerce(name: str, raw: object, origin: _Origin) -> Any:
 def _check_relations(values: Mapping[str, Any], origin: _Origin) -> None:
     """Rules that tie two fields together; the blame goes to the one the user actually set."""
     _check_below(values, origin, "jitter", "interval")
+    _check_below(values, origin, "hold_budget", "hold_timeout")
     if values["probe_interval"] > 0:
         _check_below(values, origin, "probe_interval", "interval")
 

@@ -12,29 +12,27 @@ is what production would do, only faster (a narrow band width and short interval
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import random
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any, Self, TextIO
+from typing import Any, TextIO
 
 import click
 import psycopg
 
 from partitiond import catalog, pipeline, sqlfiles
 from partitiond.bands import band_index
+from partitiond.child import Daemon, DaemonError, DaemonLog
 from partitiond.cluster import SERVER_OS_USER, ClusterError, LocalCluster, find_bindir, free_port
 from partitiond.config import Settings, _parse_duration, format_duration
 from partitiond.dsn import redact
@@ -51,8 +49,6 @@ EXIT_INTERRUPTED = 130
 
 SCHEMA = "public"
 RUNWAY_SECONDS = 30.0
-FIRST_RUN_DEADLINE = 30.0
-DAEMON_STOP_TIMEOUT = 15.0
 WRITER_JOIN_TIMEOUT = 10.0
 PACING_TICK = 0.05  # seconds of traffic per batch: fine enough to look steady, coarse enough to be cheap
 MAX_LAG = 1.0  # a writer further behind its schedule than this drops the backlog instead of bursting
@@ -275,117 +271,6 @@ def count_rows(conn: Conn, table: str, oid: int, first: int, count: int) -> int:
 
 
 # --- partitiond, the real daemon ----------------------------------------------------------------------
-
-
-@dataclass
-class DaemonLog:
-    """Follows partitiond's JSON log file and counts what the demo reports: bands created, runs, failures."""
-
-    path: Path
-    created: Counter[int] = field(default_factory=Counter)  # originator -> bands created
-    created_kinds: Counter[str] = field(default_factory=Counter)  # "repair" (band 0 up front) / "ahead"
-    runs: int = 0
-    failures: list[str] = field(default_factory=list)
-    last_created: str | None = None
-    _offset: int = 0
-    _partial: str = ""
-
-    def poll(self) -> None:
-        """Read the lines appended since the last call; a half-written last line waits for the next call."""
-        try:
-            with self.path.open("rb") as handle:
-                handle.seek(self._offset)
-                data = handle.read()
-        except FileNotFoundError:
-            return
-        self._offset += len(data)
-        *lines, self._partial = (self._partial + data.decode("utf-8", errors="replace")).split("\n")
-        for line in lines:
-            self._handle(line)
-
-    def _handle(self, line: str) -> None:
-        try:
-            event = json.loads(line)
-        except ValueError:
-            return
-        if not isinstance(event, dict):
-            return
-        name = event.get("event")
-        if name == "band created":
-            self.created[int(event["originator"])] += 1
-            self.created_kinds[str(event.get("kind"))] += 1
-            self.last_created = (
-                f"originator {event['originator']} band [{event['band_start']:,}, {event['band_end']:,}): "
-                f"{event.get('reason', '')}"
-            )
-        elif name == "run finished":
-            self.runs += 1
-        elif name in ("run failed", "band failed"):
-            self.failures.append(f"{name}: {event.get('reason') or event.get('error') or event}")
-
-    def tail(self, lines: int = 5) -> str:
-        try:
-            return "\n".join(self.path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return ""
-
-
-@dataclass
-class Daemon:
-    """``partitiond run`` as a child process, its stderr captured to a log file in the demo directory."""
-
-    proc: subprocess.Popen[bytes]
-    log: DaemonLog
-    metrics_port: int = 0
-
-    @classmethod
-    def start(cls, args: Sequence[str], dsn: str, log_path: Path, metrics_port: int = 0) -> Self:
-        """Start the real daemon (``partitiond run`` + ``args``; the benchmarks use this too).  Its
-        environment drops every ``PARTITIOND_*`` setting of the calling shell (the flags must be what it
-        runs with) and gets the DSN there, not in argv, where ``ps`` would show a password.  Its own
-        session keeps a terminal's Ctrl-C away from it: the caller stops the writers first, then the
-        daemon, so the final picture is partitiond's."""
-        env = {
-            k: v for k, v in os.environ.items() if not k.startswith("PARTITIOND_") and k != "NOTIFY_SOCKET"
-        }
-        env["PARTITIOND_DSN"] = dsn
-        with log_path.open("wb") as log_file:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "partitiond", "run", *args],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        return cls(proc, DaemonLog(log_path), metrics_port)
-
-    def wait_first_run(self, deadline: float = FIRST_RUN_DEADLINE) -> None:
-        """Block until the first full run has finished, so every demo originator has its band 0 before any
-        writer starts.  Polls with a deadline; a failed run or an early exit ends the wait with the reason."""
-        end = time.monotonic() + deadline
-        while time.monotonic() < end:
-            self.log.poll()
-            if self.log.failures:
-                raise DemoError(f"partitiond's first run failed: {self.log.failures[0]}")
-            if self.log.runs:
-                return
-            if self.proc.poll() is not None:
-                raise DemoError(f"partitiond exited with {self.proc.returncode}:\n{self.log.tail()}")
-            time.sleep(0.1)
-        raise DemoError(f"partitiond did not finish its first run within {deadline:g}s:\n{self.log.tail()}")
-
-    def stop(self) -> int:
-        """SIGTERM, then wait; kill only if the graceful shutdown hangs.  Returns the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(DAEMON_STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.poll()
-        return self.proc.returncode
 
 
 # --- synthetic xmtpd writers --------------------------------------------------------------------------
@@ -834,7 +719,7 @@ def run_demo(config: DemoConfig, out: TextIO) -> int:
             click.echo("\ninterrupted during set-up; everything started so far was stopped", file=out)
             _tidy(config.work_dir, run_dir, keep_log=False, out=out)
             return EXIT_INTERRUPTED
-        except (DemoError, ClusterError) as exc:
+        except (DemoError, DaemonError, ClusterError) as exc:
             click.echo(f"partitiond demo: {exc}", file=out)
             _tidy(config.work_dir, run_dir, keep_log=True, out=out)
             return EXIT_SETUP

@@ -19,6 +19,14 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 APPLICATION_NAME = "partitiond"
 MASK = "***"
 CREDENTIAL_NAME = "dsn"
+# A dead peer is noticed within about 5 + 2 x 3 = 11 s of silence, or 10 s of unacknowledged data.
+KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,
+}
 
 # scheme://user:PASSWORD@ — up to the last '@' before whitespace: masking too much beats masking too little.
 _URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s:/@]*:)(\S*)(@)")
@@ -83,11 +91,16 @@ def connect_kwargs(dsn: str, connect_timeout: float) -> str:
     ``application_name`` makes partitiond's sessions recognisable in ``pg_stat_activity`` and lock graphs,
     but a name the user chose wins.  ``connect_timeout`` always comes from the settings (libpq wants whole
     seconds, and anything below 2 s is treated as 2 s by libpq anyway) so that one knob bounds every connect.
+    TCP keepalives and ``tcp_user_timeout`` (:data:`KEEPALIVES`) are on unless the DSN sets them: libpq
+    sends none by default, so a dead server or a cut network would otherwise go unnoticed for hours while
+    partitiond waits on the socket.  (The server side needs no keepalive to release key 5: the band
+    transaction's ``idle_in_transaction_session_timeout`` and statement timeouts end such a session.)
     """
     params = _parse(dsn)
     extra: dict[str, str | int] = {"connect_timeout": int(max(1, connect_timeout))}
     if "application_name" not in params:
         extra["application_name"] = APPLICATION_NAME
+    extra.update({key: value for key, value in KEEPALIVES.items() if key not in params})
     try:
         return make_conninfo(dsn, **extra)
     except _REJECTED as exc:

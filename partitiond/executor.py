@@ -1,37 +1,43 @@
 """Applies a plan band by band inside the lock-safety envelope.
 
-Everything done while the exclusive side of xmtpd's partition-creation lock (key 5) is held stalls every
-insert, so the executor keeps that section as short as the DDL allows:
+The rule this module keeps: **while partitiond waits for anything, it holds no lock that an xmtpd insert or
+creator can need; while it holds (or queues for) the exclusive side of key 5, it never waits longer than the
+hold budget for anything.**  While key 5 is held every insert of every originator waits, and while partitiond
+is queued for it every *new* insert queues behind it (advisory locks are writer-preferring), so both count
+as holding.  One band, in order:
 
-* A band that is already in both trees (created by another creator since the plan was made) is noticed
-  with a lock-free catalog read and left alone: taking key 5 for it would stall inserts for nothing.
-* Any other band gets its own short transaction:
+1. ``partitiond_band_exists``: a band already in both trees (another creator was faster) is left alone
+   without taking key 5.
+2. ``partitiond_preflight``: if a session holds a lock the band's DDL would wait for (VACUUM or ANALYZE on a
+   meta partition, an open transaction that wrote to ``payers``, the pruner's DROP), the band is deferred
+   *before* key 5, so inserts are not stalled for the budget just to find out.
+3. ``partitiond_stage_table`` (meta, then blob), each an autocommit statement under ``lock_timeout``: the
+   band's two tables are created unattached under private names and committed.  The one lock each takes on
+   an xmtpd table (ACCESS SHARE on the L1, for LIKE) is its first, so it waits holding nothing, and it is
+   gone before key 5 is asked for.  (Staging used to share the band's transaction and held the L1s while
+   queueing for key 5, which closed a cycle with xmtpd's creator re-attaching an L1 under key 5.)
+4. ``partitiond_warm``: this backend's catalog caches are loaded for the band (every meta partition's
+   entries, both L1s' partition descriptors), so a cold backend (``run-once``, a new connection) does not
+   read them while holding key 5.  Bounded by the hold budget, optional.
+5. The band transaction: ``lock_timeout`` = hold budget, ``statement_timeout`` = hold timeout and
+   ``idle_in_transaction_session_timeout``, all ``SET LOCAL``; key 5 in a gap between inserts
+   (``pg_try_advisory_xact_lock``, a few jittered tries) or queued for at most the budget; then one
+   statement, ``partitiond_attach_staged`` (meta ATTACH, blob ``PARTITION OF`` after a budget-bounded
+   ACCESS EXCLUSIVE on the blob L1), or ``ensure_gateway_parts_v4`` when staging did not apply (a new
+   originator, a half-built band, a table in the way); ``COMMIT``.
+6. ``partitiond_unstage``: whatever an unsuccessful attempt staged is dropped.
 
-  1. ``SET LOCAL lock_timeout`` / ``statement_timeout`` — never wait unboundedly in a lock queue, because
-     a waiting DDL request blocks every later insert behind it;
-  2. ``partitiond_stage_band``, *before* key 5: the catalog checks, and the band's two L2 tables created
-     as plain tables under private names.  Nothing an insert needs is locked by this;
-  3. the exclusive side of key 5.  partitiond first tries it without queueing
-     (``pg_try_advisory_xact_lock``, a few jittered tries milliseconds apart), so it takes the lock in a
-     gap between inserts when there is one.  Under continuous traffic there is no gap — some insert always
-     holds the shared side — so it then queues like xmtpd's own cold path, but never longer than
-     ``lock_timeout``: that bounds the stall any insert arriving meanwhile can see;
-  4. ``partitiond_attach_staged``: rename and ATTACH, the only DDL that needs the lock, then ``COMMIT``.
-     The blob child is instead created with ``PARTITION OF`` when its L1 can be locked at once (NOWAIT):
-     ATTACH would validate the foreign key into meta with a query planned over every meta partition.
-
-  When the band is not the plain case (a missing L1 for a new originator, a half-built band, a table in
-  the way), step 2 creates nothing and step 4 is the full ``ensure_gateway_parts_v4`` instead, in the same
-  statement that tells whether it created anything.  When xmtpd's cold path creates the band while
-  partitiond waits for the lock, step 4 declines and the transaction rolls back, staged tables included.
-
-Lock timeouts, deadlocks and serialisation failures are retried with jittered exponential backoff,
-bounded per band (``lock_attempts``) and per run (``retry_budget`` seconds of backoff).  Any other error
-fails that band only: the caller moves on to the next one.
+A lock not free within the budget (before or under key 5), the hold timeout, or a blob L1 being read while
+the originator still has runway make the attempt a *deferral*: the transaction rolls back at once
+(releasing key 5), the reason is counted, and the band is retried after jittered exponential backoff,
+bounded per band (``lock_attempts``) and per run (``retry_budget``); what is still deferred then waits for
+the next pass.  Deadlocks and serialisation failures are retried the same way.  Any other error fails that
+band only: the caller moves on to the next one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from collections.abc import Callable
@@ -41,39 +47,58 @@ from typing import Any, Literal
 import psycopg
 from psycopg import errors
 
+from partitiond import faults
 from partitiond.config import Settings
 from partitiond.planner import PlannedBand
 
 Conn = psycopg.Connection[Any]
-Status = Literal["created", "existed", "failed"]
+Status = Literal["created", "existed", "deferred", "failed"]
+Path = Literal["partition_of", "attach", "ensure"]
 
 BACKOFF_BASE = 0.02
 BACKOFF_CAP = 2.0
 TRY_LOCK_TRIES = 20
 TRY_LOCK_GAP = (0.001, 0.005)  # seconds between non-queueing tries: inserts take a few ms each
+# Why a band was deferred (a metrics label): where the refused wait was.
+DEFERRAL_REASONS = ("lock_busy", "stage_busy", "key5_busy", "held_lock", "blob_read", "hold_timeout")
+BLOB_BUSY = "PD001"  # partitiond_attach_staged: the blob L1 is being read and the slow path is not allowed
 
 BAND_EXISTS = "SELECT partitiond_band_exists(%(oid)s, %(start)s, %(end)s)"
-# The L1 children to attach to (OIDs travel better than names), or NULL when staging does not apply.
-STAGE = "SELECT partitiond_stage_band(%(oid)s, %(start)s, %(end)s)::oid[]"
-ATTACH = "SELECT partitiond_attach_staged(%(oid)s, %(start)s, %(end)s, %(l1s)s::oid[]::regclass[])"
-# The full ensure, and whether it wrote anything: it only runs when staging created nothing, and nothing
-# else in the transaction writes, so the transaction has an xid exactly when the call created (part of)
-# the band.  The MATERIALIZED CTE runs the ensure before the outer SELECT looks at the xid.
+PREFLIGHT = "SELECT partitiond_preflight(%(oid)s, %(key)s)"
+STAGE = "SELECT partitiond_stage_table(%(oid)s, %(start)s, %(end)s, %(blob)s)"
+WARM = "SELECT partitiond_warm(%(oid)s, %(budget_ms)s)"
+ATTACH = "SELECT partitiond_attach_staged(%(oid)s, %(start)s, %(end)s, %(allow_slow)s)"
+UNSTAGE = "SELECT partitiond_unstage(%(oid)s, %(start)s)"
+# The full ensure, and whether it wrote anything: nothing else in the transaction writes, so the transaction
+# has an xid exactly when the call created (part of) the band.  The MATERIALIZED CTE runs the ensure before
+# the outer SELECT looks at the xid.
 ENSURE = """WITH ensured AS MATERIALIZED (SELECT ensure_gateway_parts_v4(%(oid)s, %(start)s, %(width)s))
 SELECT pg_current_xact_id_if_assigned() IS NOT NULL FROM ensured
 """
+BAND_SETTINGS = """SELECT set_config('lock_timeout', %(budget)s, true),
+       set_config('statement_timeout', %(hold)s, true),
+       set_config('idle_in_transaction_session_timeout', %(idle)s, true)"""
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What happened to one planned band."""
+    """What happened to one planned band.
+
+    ``failure`` is the deferral reason (status ``deferred``) or the error class (status ``failed``).
+    ``holds`` lists, per attempt that got key 5, the seconds from key 5 granted to COMMIT or ROLLBACK done:
+    the stall every insert saw.  ``steps`` splits the successful attempt's hold by statement (seconds).
+    """
 
     planned: PlannedBand
     status: Status
     attempts: int
     lock_wait: float
-    failure: str | None = None  # lock_timeout|deadlock|serialization|other
+    failure: str | None = None
     error: str | None = None
+    deferrals: tuple[str, ...] = ()
+    holds: tuple[float, ...] = ()
+    steps: dict[str, float] = field(default_factory=dict)
+    path: Path | None = None
 
 
 @dataclass
@@ -90,8 +115,23 @@ class RetryBudget:
         return granted
 
 
+class Deferred(Exception):
+    """An attempt refused because something else holds what it needs; retry later."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class _Done:
+    existed: bool
+    path: Path | None = None
+    steps: dict[str, float] = field(default_factory=dict)
+
+
 def classify(exc: BaseException) -> str:
-    """Map an error to a retry class (and a metrics label)."""
+    """Map an error that is not a deferral to a retry class (and a metrics label)."""
     if isinstance(exc, errors.LockNotAvailable):
         return "lock_timeout"
     if isinstance(exc, errors.DeadlockDetected):
@@ -99,6 +139,17 @@ def classify(exc: BaseException) -> str:
     if isinstance(exc, errors.SerializationFailure):
         return "serialization"
     return "other"
+
+
+def _deferral(exc: psycopg.Error, under_key_5: bool) -> Deferred | None:
+    """The deferral an error under (or queued for) key 5 stands for, or None for a real error."""
+    if exc.sqlstate == BLOB_BUSY:
+        return Deferred("blob_read", _one_line(exc))
+    if isinstance(exc, errors.LockNotAvailable):
+        return Deferred("held_lock" if under_key_5 else "key5_busy", _one_line(exc))
+    if isinstance(exc, errors.QueryCanceled) and "statement timeout" in (exc.diag.message_primary or ""):
+        return Deferred("hold_timeout", _one_line(exc))
+    return None
 
 
 def _pg_interval(seconds: float) -> str:
@@ -112,84 +163,183 @@ def ensure_sql(planned: PlannedBand, band_width: int) -> str:
 
 @dataclass
 class Executor:
-    """Runs ensure calls on one autocommit connection; sleeping and randomness are injectable for tests."""
+    """Creates bands on one autocommit connection; sleeping and randomness are injectable for tests.
+
+    The connection's session ``lock_timeout`` and ``statement_timeout`` are set to the settings' values, so
+    every statement outside a band transaction (the catalog reads too) is bounded by them.
+    """
 
     conn: Conn
     settings: Settings
     sleep: Callable[[float], object] = time.sleep
     rng: random.Random = field(default_factory=random.Random)
+    _staged: bool = field(default=False, init=False)  # tables of the current band may be left staged
+    _granted: float | None = field(default=None, init=False)  # perf_counter() when key 5 was granted
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        self.conn.execute(
+            "SELECT set_config('lock_timeout', %s, false), set_config('statement_timeout', %s, false)",
+            [_pg_interval(s.lock_timeout), _pg_interval(s.statement_timeout)],
+        )
 
     def ensure(self, planned: PlannedBand, budget: RetryBudget) -> Outcome:
         attempts = 0
         waited = 0.0
-        while True:
-            attempts += 1
-            final = attempts >= self.settings.lock_attempts
-            started = time.perf_counter()
-            try:
-                existed = self._attempt(planned)
-            except psycopg.Error as exc:
-                failure, error = classify(exc), _one_line(exc)
-            else:
+        deferrals: list[str] = []
+        holds: list[float] = []
+        band = {"oid": planned.originator, "start": planned.band.start, "end": planned.band.end}
+        try:
+            while True:
+                attempts += 1
+                started = time.perf_counter()
+                failure: str | None = None
+                status: Status = "failed"
+                try:
+                    done = self._attempt(planned, band, holds)
+                except Deferred as exc:
+                    failure, error, status = exc.reason, str(exc), "deferred"
+                    deferrals.append(exc.reason)
+                except psycopg.Error as exc:
+                    failure, error = classify(exc), _one_line(exc)
                 waited += time.perf_counter() - started
-                return Outcome(planned, "existed" if existed else "created", attempts, waited)
-            waited += time.perf_counter() - started
-            pause = None if final or failure == "other" else budget.take(self._backoff(attempts))
-            if pause is None:
-                return Outcome(planned, "failed", attempts, waited, failure, error)
-            self.sleep(pause)
+                if failure is None:
+                    return Outcome(
+                        planned,
+                        "existed" if done.existed else "created",
+                        attempts,
+                        waited,
+                        deferrals=tuple(deferrals),
+                        holds=tuple(holds),
+                        steps=done.steps,
+                        path=done.path,
+                    )
+                final = attempts >= self.settings.lock_attempts or failure == "other"
+                pause = None if final else budget.take(self._backoff(attempts))
+                if pause is None:
+                    return Outcome(
+                        planned, status, attempts, waited, failure, error, tuple(deferrals), tuple(holds)
+                    )
+                self.sleep(pause)
+        finally:
+            if self._staged:
+                self._unstage(band)
 
     def _backoff(self, attempt: int) -> float:
         """Full-jitter exponential backoff: spreads competing creators apart instead of in lock-step."""
         return self.rng.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt))
 
-    def _attempt(self, planned: PlannedBand) -> bool:
-        """One band; returns whether it already existed in both trees."""
-        band = {"oid": planned.originator, "start": planned.band.start, "end": planned.band.end}
-        if self._scalar(BAND_EXISTS, band):
-            return True
-        created = self._create(band, stage=True)
-        if created is None:  # xmtpd's cold path took a name of the band while we waited for key 5
-            if self._scalar(BAND_EXISTS, band):
-                return True
-            created = bool(self._create(band, stage=False))
-        return not created
-
-    def _create(self, band: dict[str, int], stage: bool) -> bool | None:
-        """The band's transaction; returns whether it created anything, or None if it rolled back unchanged.
-
-        While key 5 is held, one statement runs and then COMMIT: the staged path's rename-and-attach, or
-        the full ensure when staging does not apply.
-        """
+    def _attempt(self, planned: PlannedBand, band: dict[str, int], holds: list[float]) -> _Done:
+        """One try at one band; raises :class:`Deferred` when something else holds what it needs."""
         s = self.settings
+        if self._scalar(BAND_EXISTS, band):
+            return _Done(existed=True)
+        busy = self._scalar(PREFLIGHT, {"oid": band["oid"], "key": s.protocol_lock_key})
+        if busy:
+            raise Deferred("lock_busy", f"{busy}: not taking key 5 now")
+        staged = self._stage(band)
+        if staged:
+            self._scalar(WARM, {"oid": band["oid"], "budget_ms": max(1, round(s.hold_budget * 1000))})
+        try:
+            done = self._band_transaction(planned, band, staged)
+        except psycopg.Error as exc:
+            if self._granted is not None:
+                holds.append(time.perf_counter() - self._granted)
+            deferred = _deferral(exc, under_key_5=self._granted is not None)
+            if deferred is None:
+                raise
+            raise deferred from None
+        assert self._granted is not None
+        hold = time.perf_counter() - self._granted
+        holds.append(hold)
+        if staged and not done.existed:
+            self._staged = False  # rename + attach consumed what was staged
+        if done.steps:
+            done.steps["commit"] = max(0.0, hold - sum(done.steps.values()))
+        return done
+
+    def _band_transaction(self, planned: PlannedBand, band: dict[str, int], staged: bool) -> _Done:
+        """BEGIN, the hold settings, key 5, the held statement, COMMIT (ROLLBACK when the band existed).
+        ``_granted`` records when key 5 was granted (None until then), for the caller's hold figures."""
+        s = self.settings
+        self._granted = None
         with self.conn.transaction() as tx:
             self.conn.execute(
-                "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",
-                [_pg_interval(s.lock_timeout), _pg_interval(s.statement_timeout)],
+                BAND_SETTINGS,
+                {
+                    "budget": _pg_interval(s.hold_budget),
+                    "hold": _pg_interval(s.hold_timeout),
+                    "idle": _pg_interval(s.idle_in_transaction_timeout),
+                },
             )
-            l1s = self._scalar(STAGE, band) if stage else None
             if s.protocol_lock:
                 self._protocol_lock()
-            if l1s is None:
-                return bool(self._scalar(ENSURE, {**band, "width": s.band_width}))
-            if self._scalar(ATTACH, {**band, "l1s": l1s}):
-                return True
-            raise psycopg.Rollback(tx)
-        return None
+            self._granted = time.perf_counter()
+            faults.inject("holding-key5")
+            done = self._held(planned, band, staged)
+            if done.existed:
+                raise psycopg.Rollback(tx)
+        return done
+
+    def _stage(self, band: dict[str, int]) -> bool:
+        """The band's two tables, staged and committed; False when the band is not the plain case."""
+        self._staged = True
+        try:
+            return bool(self._scalar(STAGE, {**band, "blob": False})) and bool(
+                self._scalar(STAGE, {**band, "blob": True})
+            )
+        except errors.LockNotAvailable as exc:
+            raise Deferred("stage_busy", _one_line(exc)) from None
+
+    def _held(self, planned: PlannedBand, band: dict[str, int], staged: bool) -> _Done:
+        """The one statement run while key 5 is held."""
+        if not staged:
+            started = time.perf_counter()
+            if not self._scalar(ENSURE, {**band, "width": self.settings.band_width}):
+                return _Done(existed=True)
+            return _Done(existed=False, path="ensure", steps={"ensure": time.perf_counter() - started})
+        result = self._scalar(ATTACH, {**band, "allow_slow": self._may_go_slow(planned)})
+        if result["status"] == "existed":
+            return _Done(existed=True)
+        return _Done(existed=False, path=result["path"], steps={k: v / 1000 for k, v in result["ms"].items()})
+
+    def _may_go_slow(self, planned: PlannedBand) -> bool:
+        """The slow path (ATTACH validating the blob foreign key under key 5) only when time is short:
+        the band holds the current position (inserts need it now) or the originator's runway is below
+        ``slow_path_runway``.  Otherwise waiting for the reader to finish costs nothing."""
+        if planned.kind == "repair":
+            return True
+        return planned.runway is not None and planned.runway < self.settings.slow_path_runway
+
+    def _unstage(self, band: dict[str, int]) -> None:
+        """Drop what an unsuccessful attempt staged; never fails the band."""
+        self._staged = False
+        if self.conn.broken:
+            return
+        # On failure the next full run's clean-up (partitiond_unstage for every band) and `check` cover it.
+        with contextlib.suppress(psycopg.Error):
+            self._scalar(UNSTAGE, band)
 
     def _scalar(self, query: str, params: dict[str, Any]) -> Any:
         row = self.conn.execute(query, params).fetchone()
         return row[0] if row else None
 
     def _protocol_lock(self) -> None:
-        """Exclusive side of xmtpd's key: in a gap between inserts if one comes, else queued (bounded)."""
+        """Exclusive side of xmtpd's key: in a gap between inserts if one comes, else queued (for at most
+        the hold budget, the transaction's lock_timeout: every new insert queues behind the request)."""
         key = self.settings.protocol_lock_key
         for _ in range(TRY_LOCK_TRIES):
             row = self.conn.execute("SELECT pg_try_advisory_xact_lock(%s)", [key]).fetchone()
             if row and row[0]:
                 return
             self.sleep(self.rng.uniform(*TRY_LOCK_GAP))
-        self.conn.execute("SELECT pg_advisory_xact_lock(%s)", [key])  # waits at most lock_timeout
+        self.conn.execute("SELECT pg_advisory_xact_lock(%s)", [key])
+
+
+def unstage_all(conn: Conn) -> int:
+    """Drop every staged table a crashed or killed run left behind; the leader calls it at each full run."""
+    row = conn.execute("SELECT partitiond_unstage()").fetchone()
+    return int(row[0]) if row else 0
 
 
 def _one_line(exc: psycopg.Error) -> str:

@@ -40,6 +40,7 @@ from prometheus_client import (
 )
 
 from partitiond import __version__
+from partitiond.executor import DEFERRAL_REASONS
 from partitiond.health import HealthState
 
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -51,9 +52,11 @@ RUN_RESULTS = ("success", "partial", "failed", "standby", "follower", "skipped")
 TABLES = ("meta", "blob")
 LEVELS = ("l1", "l2")
 ENSURE_FAILURE_REASONS = ("lock_timeout", "deadlock", "serialization", "other")
+HOLD_STEPS = ("check", "meta", "blob_lock", "blob", "ensure", "commit")
 NOOP_REASONS = ("standby", "follower")
 RUN_DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 LOCK_WAIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+HOLD_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 # Sample-name suffixes per metric family type: lets metric_names() list series that have no child yet.
 _SAMPLE_SUFFIXES = {
@@ -129,6 +132,28 @@ class Metrics:
             registry=reg,
             buckets=LOCK_WAIT_BUCKETS,
         )
+        self.deferrals = Counter(
+            "band_deferrals",
+            "Band attempts refused because something else held what they needed; the band is retried.",
+            ["reason"],
+            namespace=ns,
+            registry=reg,
+        )
+        self.key5_hold = Histogram(
+            "key5_hold_seconds",
+            "Time from key 5 granted to COMMIT or ROLLBACK done, per attempt: every insert waits meanwhile.",
+            namespace=ns,
+            registry=reg,
+            buckets=HOLD_BUCKETS,
+        )
+        self.key5_hold_step = Histogram(
+            "key5_hold_step_seconds",
+            "The key-5 hold of each created band, split by statement.",
+            ["step"],
+            namespace=ns,
+            registry=reg,
+            buckets=HOLD_BUCKETS,
+        )
         self.cold_path = Counter(
             "cold_path_suspicions",
             "Bands that had to be repaired because nobody created them in time.",
@@ -179,6 +204,8 @@ class Metrics:
             self.runs.labels(result=result)
         for reason in ENSURE_FAILURE_REASONS:
             self.ensure_failures.labels(reason=reason)
+        for reason in DEFERRAL_REASONS:
+            self.deferrals.labels(reason=reason)
         for table in TABLES:
             for level in LEVELS:
                 self.partitions_created.labels(table=table, level=level)

@@ -24,7 +24,7 @@ from partitiond import catalog, sqlfiles
 from partitiond.bands import Band, band_for
 from partitiond.config import Settings
 from partitiond.dsn import DsnError, connect_kwargs, redact, resolve_dsn
-from partitiond.executor import Executor, Outcome, RetryBudget
+from partitiond.executor import Executor, Outcome, RetryBudget, unstage_all
 from partitiond.forecast import Forecast, RateEstimator
 from partitiond.planner import OriginatorStatus, Plan, Policy, assess, plan
 
@@ -342,13 +342,56 @@ class PassReport:
     counts: dict[str, int] = field(default_factory=dict)
 
 
-def apply(conn: Conn, the_plan: Plan, settings: Settings, control: RunControl | None = None) -> list[Outcome]:
+_warned_clamps: set[tuple[float, float, int]] = set()
+
+
+def within_deadlock_timeout(settings: Settings, deadlock_timeout_ms: int) -> Settings:
+    """Settings whose key-5 hold ends before the server's ``deadlock_timeout`` can fire.
+
+    While partitiond holds key 5, an xmtpd session waiting behind it runs PostgreSQL's deadlock check once
+    it has waited ``deadlock_timeout``; if partitiond were then itself waiting for a lock that session holds,
+    the check would cancel *xmtpd's* statement (40P01).  Every statement under key 5 is cut off at
+    ``hold_timeout``, so keeping that below ``deadlock_timeout`` (at 80 % of it, the budget at half of
+    that at most) means partitiond always gives up first.  A clamp is logged once per setting pair.
+    """
+    limit = 0.8 * deadlock_timeout_ms / 1000
+    if settings.hold_timeout <= limit:
+        return settings
+    hold_timeout = max(0.002, limit)
+    hold_budget = max(0.001, min(settings.hold_budget, hold_timeout / 2))
+    clamped = replace(settings, hold_timeout=hold_timeout, hold_budget=hold_budget)
+    key = (settings.hold_timeout, settings.hold_budget, deadlock_timeout_ms)
+    if key not in _warned_clamps:
+        _warned_clamps.add(key)
+        log.warning(
+            "hold settings clamped below the server's deadlock_timeout",
+            deadlock_timeout_ms=deadlock_timeout_ms,
+            hold_timeout_ms=round(clamped.hold_timeout * 1000, 1),
+            hold_budget_ms=round(clamped.hold_budget * 1000, 1),
+        )
+    return clamped
+
+
+def apply(
+    conn: Conn,
+    the_plan: Plan,
+    settings: Settings,
+    control: RunControl | None = None,
+    *,
+    clean_up: bool = False,
+) -> list[Outcome]:
     """Ensure every planned band, each in its own transaction; one band's failure never stops the rest.
 
-    A stop request ends the pass between bands; retry backoff waits on the stop flag, so it ends early too.
+    With ``clean_up`` (the leader's full runs) staged tables left by a crashed or killed run are dropped
+    first.  A stop request ends the pass between bands; retry backoff waits on the stop flag, so it ends
+    early too.
     """
     control = control or RunControl()
+    if not the_plan.creates and not clean_up:
+        return []
     executor = Executor(conn, settings, sleep=control.stop.wait)
+    if clean_up and (dropped := unstage_all(conn)):
+        log.warning("dropped staged tables an interrupted run left behind", tables=dropped)
     budget = RetryBudget(settings.retry_budget)
     outcomes: list[Outcome] = []
     for planned in the_plan.creates:
@@ -373,9 +416,24 @@ def _log_outcome(outcome: Outcome, *, interrupted: bool) -> None:
         "attempts": outcome.attempts,
         "lock_wait_ms": round(outcome.lock_wait * 1000, 1),
     }
-    if outcome.status == "failed" and interrupted:
+    if outcome.holds:  # how long every insert waited for partitiond, per attempt that got key 5
+        fields["key5_hold_ms"] = [round(h * 1000, 1) for h in outcome.holds]
+    if outcome.deferrals:
+        fields["deferrals"] = list(outcome.deferrals)
+    if outcome.status == "created":
+        fields["path"] = outcome.path
+        fields["hold_steps_ms"] = {k: round(v * 1000, 2) for k, v in outcome.steps.items()}
+    if outcome.status in ("failed", "deferred") and interrupted:
         # Cancelled by our own shutdown: the transaction rolled back whole; the next start does it.
         log.warning("band interrupted by shutdown", error=outcome.error, **fields)
+    elif outcome.status == "deferred":
+        log.warning(
+            "band deferred",
+            why=outcome.failure,
+            error=outcome.error,
+            note="something else held what the band needs; retried at the next pass",
+            **fields,
+        )
     elif outcome.status == "failed":
         log.error("band failed", failure=outcome.failure, error=outcome.error, **fields)
     elif outcome.status == "created":
@@ -392,8 +450,9 @@ def summarise(the_plan: Plan, outcomes: list[Outcome]) -> dict[str, int]:
         "planned": len(the_plan.creates),
         "created": count("created"),
         "skipped": count("existed"),
+        "deferred": count("deferred"),
         "failed": count("failed"),
-        "deferred": len(the_plan.deferred),
+        "capped": len(the_plan.deferred),
     }
 
 
@@ -422,7 +481,8 @@ def run_pass(
             control.attach(conn)
             try:
                 snapshot, the_plan = plan_pass(conn, settings, estimator, known)
-                outcomes = apply(conn, the_plan, settings, control) if leader else []
+                held = within_deadlock_timeout(settings, snapshot.state.deadlock_timeout_ms)
+                outcomes = apply(conn, the_plan, held, control, clean_up=kind == "run") if leader else []
                 statuses = statuses_after(snapshot, settings, outcomes, estimator)
             finally:
                 control.attach(None)
@@ -434,10 +494,11 @@ def run_pass(
         )
     counts = summarise(the_plan, outcomes)
     counts["failed"] += len(snapshot.rejected)
-    result: Result = "follower" if not leader else "partial" if counts["failed"] else "success"
+    missed = counts["failed"] + counts["deferred"]
+    result: Result = "follower" if not leader else "partial" if missed else "success"
     report = PassReport(
         result=result,
-        exit_code=EXIT_BANDS_FAILED if counts["failed"] else EXIT_OK,
+        exit_code=EXIT_BANDS_FAILED if missed else EXIT_OK,
         duration=time.monotonic() - started,
         plan=the_plan,
         outcomes=tuple(outcomes),

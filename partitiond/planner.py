@@ -100,13 +100,16 @@ class Policy:
 
 @dataclass(frozen=True, slots=True)
 class PlannedBand:
-    """One band pair to ensure.  ``headroom`` is the originator's headroom before this plan (for urgency)."""
+    """One band pair to ensure.  ``headroom`` is the originator's headroom before this plan (for urgency);
+    ``runway`` the forecast seconds until its existing bands run out (0.0 for a repair, None without a
+    rate), which decides whether a band may be created the slow way when the cheap one is blocked."""
 
     originator: int
     band: Band
     kind: Kind
     reason: str
     headroom: int
+    runway: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +215,7 @@ def _plan_originator(
     current = status.current
     if current not in view.complete and current.end <= INT8_MAX:
         reason = _repair_reason(view, current)
-        out.append(PlannedBand(view.originator, current, "repair", reason, status.headroom))
+        out.append(PlannedBand(view.originator, current, "repair", reason, status.headroom, 0.0))
     top = status.last or current
     limit = band_index(current) + policy.max_bands_ahead
     while (above := next_band(top)) is not None and band_index(above) <= limit:
@@ -220,7 +223,8 @@ def _plan_originator(
             why = _ahead_reason(view, status, policy, forecast, top, above)
             if why is None:
                 break
-            out.append(PlannedBand(view.originator, above, "ahead", why, status.headroom))
+            runway = status.seconds_to_exhaustion
+            out.append(PlannedBand(view.originator, above, "ahead", why, status.headroom, runway))
         top = above
     return out
 

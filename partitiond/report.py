@@ -24,6 +24,12 @@ def record(metrics: Metrics, report: PassReport) -> None:
     )
     for outcome in report.outcomes:
         metrics.lock_wait.observe(outcome.lock_wait)
+        for reason in outcome.deferrals:
+            metrics.deferrals.labels(reason=reason).inc()
+        for hold in outcome.holds:
+            metrics.key5_hold.observe(hold)
+        for step, seconds in outcome.steps.items():
+            metrics.key5_hold_step.labels(step=step).observe(seconds)
         if outcome.status == "failed":
             metrics.ensure_failures.labels(reason=outcome.failure or "other").inc()
         elif outcome.status == "created":

@@ -175,10 +175,15 @@ class Inserter(threading.Thread):
 
 def hold_lock(holder: Conn, kind: str) -> None:
     """Start what blocks partition DDL in ``holder``'s open transaction: an xmtpd insert in flight
-    ("shared protocol lock", the shared side of key 5) or a writer that ignores the protocol ("row
-    exclusive on meta", a row inserted into originator 900's band 0, which must exist)."""
+    ("shared protocol lock", the shared side of key 5), VACUUM on originator 100's band 0 ("vacuum"), or a
+    writer that ignores the protocol ("row exclusive on meta", a row inserted into originator 900's band 0,
+    which must exist)."""
     if kind == "shared protocol lock":
         holder.execute("SELECT pg_advisory_xact_lock_shared(5)")
+    elif (
+        kind == "vacuum"
+    ):  # what VACUUM, ANALYZE and CREATE INDEX CONCURRENTLY hold on originator 100's band 0
+        holder.execute("LOCK TABLE gateway_envelopes_meta_o100_s0_1000000 IN SHARE UPDATE EXCLUSIVE MODE")
     else:
         holder.execute(
             "INSERT INTO gateway_envelopes_meta"

@@ -26,6 +26,7 @@ SETTINGS = Settings(metrics_address="")
 HEALTHY_STATE = catalog.ServerState(
     in_recovery=False,
     server_version=150_000,
+    deadlock_timeout_ms=1000,
     has_meta=True,
     has_blob=True,
     has_latest=True,

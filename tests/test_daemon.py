@@ -101,12 +101,11 @@ def test_runs_at_start_then_every_interval_and_stops_cleanly(
 
 @pytest.mark.slow
 def test_sigterm_mid_run_cancels_the_waiting_ensure_and_exits_0(conn: Conn, db_dsn: str) -> None:
-    seed_rows(conn, 900, [1])
+    """partitiond waits up to --lock-timeout only before key 5, holding nothing; here staging waits for an
+    uncommitted table of the staged name (a transaction-id wait no pre-flight look at pg_locks can see)."""
+    seed_rows(conn, 100, [800_000])  # the next band is due
     with psycopg.connect(db_dsn) as holder:
-        holder.execute(
-            "INSERT INTO gateway_envelopes_meta (originator_node_id, originator_sequence_id, topic, expiry)"
-            " VALUES (900, 2, 't', 1)"
-        )
+        holder.execute("CREATE TABLE partitiond_stage_meta_o100_s1000000 (x int)")
         proc = start_daemon(
             db_dsn,
             *("--originator", "100", "--lock-timeout", "60s", "--lock-attempts", "1"),
@@ -131,7 +130,7 @@ def test_sigterm_mid_run_cancels_the_waiting_ensure_and_exits_0(conn: Conn, db_d
             proc.wait()
         holder.rollback()
     assert leftovers(conn) == []
-    assert l2_bounds(conn, "gateway_envelopes_meta", 100) == []
+    assert l2_bounds(conn, "gateway_envelopes_meta", 100) == ["FOR VALUES FROM ('0') TO ('1000000')"]
     _, stderr = proc.communicate()
     assert '"event": "band interrupted by shutdown"' in stderr  # our own cancel is not a failure
     assert '"event": "band failed"' not in stderr

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from psycopg.conninfo import conninfo_to_dict
 
-from partitiond.dsn import DsnError, connect_kwargs, redact, redact_dsn, resolve_dsn
+from partitiond.dsn import KEEPALIVES, DsnError, connect_kwargs, redact, redact_dsn, resolve_dsn
 
 # --- resolve_dsn ------------------------------------------------------------------------------------
 
@@ -101,7 +101,14 @@ def test_connect_kwargs_adds_application_name_and_timeout() -> None:
         "dbname": "x",
         "application_name": "partitiond",
         "connect_timeout": "10",
+        **{key: str(value) for key, value in KEEPALIVES.items()},
     }
+
+
+def test_connect_kwargs_keeps_the_users_keepalive_settings() -> None:
+    params = conninfo_to_dict(connect_kwargs("host=db keepalives_idle=60 tcp_user_timeout=0", 10.0))
+    assert (params["keepalives_idle"], params["tcp_user_timeout"]) == ("60", "0")
+    assert params["keepalives_count"] == str(KEEPALIVES["keepalives_count"])
 
 
 def test_connect_kwargs_keeps_users_application_name() -> None:
@@ -119,6 +126,7 @@ def test_connect_kwargs_empty_dsn_leaves_the_rest_to_libpq() -> None:
     assert conninfo_to_dict(connect_kwargs("", 10)) == {
         "application_name": "partitiond",
         "connect_timeout": "10",
+        **{key: str(value) for key, value in KEEPALIVES.items()},
     }
 
 

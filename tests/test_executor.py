@@ -23,18 +23,33 @@ WIDTH = 1_000_000
 OID = 100
 
 
-def planned(start: int) -> PlannedBand:
-    return PlannedBand(OID, Band(start, start + WIDTH), "ahead", "test", 0)
+def planned(start: int, runway: float | None = None) -> PlannedBand:
+    return PlannedBand(OID, Band(start, start + WIDTH), "ahead", "test", 0, runway)
 
 
-def ensure(dsn: str, start: int, lock_timeout: float = 0.3, notices: list[str] | None = None) -> Outcome:
-    """One band through a new executor; with ``notices``, collect the server's DEBUG1 messages too."""
-    settings = Settings(dsn=dsn, metrics_address="", lock_timeout=lock_timeout, lock_attempts=1)
+def ensure(
+    dsn: str,
+    start: int,
+    lock_timeout: float = 0.3,
+    notices: list[str] | None = None,
+    hold_budget: float = 0.05,
+    runway: float | None = None,
+) -> Outcome:
+    """One band, one attempt, through a new executor; with ``notices``, collect the server's DEBUG1
+    messages too.  ``runway`` below the default slow-path runway allows the slow path."""
+    settings = Settings(
+        dsn=dsn,
+        metrics_address="",
+        lock_timeout=lock_timeout,
+        lock_attempts=1,
+        hold_budget=hold_budget,
+        hold_timeout=max(0.5, 2 * hold_budget),
+    )
     with psycopg.connect(dsn, autocommit=True) as conn:
         if notices is not None:
             conn.execute("SET client_min_messages = debug1")
             conn.add_notice_handler(lambda diag: notices.append(diag.message_primary or ""))
-        return Executor(conn, settings).ensure(planned(start), RetryBudget(0))
+        return Executor(conn, settings).ensure(planned(start, runway), RetryBudget(0))
 
 
 def waiting_for_key_5(conn: Conn) -> int | None:
@@ -72,44 +87,97 @@ def test_a_band_that_is_already_there_is_reported_without_taking_key_5(conn: Con
 
 
 def test_a_band_created_while_waiting_for_key_5_is_reported_existed(conn: Conn, db_dsn: str) -> None:
-    """xmtpd's cold path holds the exclusive side and creates the band; partitiond, queued behind it, finds
-    the band there once it gets the lock and must not count it as its own."""
+    """xmtpd's cold path holds the exclusive side and creates the band (a new originator: the full ensure
+    path); partitiond, queued behind it, finds the band there once it gets the lock and must not count it
+    as its own."""
     outcomes: list[Outcome] = []
     with psycopg.connect(db_dsn) as cold_path:
         cold_path.execute("SELECT pg_advisory_xact_lock(5)")
-        ensure_band(cold_path, OID, 0)  # not committed yet: the executor's first look finds nothing
-        waiter = threading.Thread(target=lambda: outcomes.append(ensure(db_dsn, 0, lock_timeout=30)))
+        waiter = threading.Thread(target=lambda: outcomes.append(ensure(db_dsn, 0, hold_budget=1.0)))
         waiter.start()
-        wait_for(lambda: waiting_for_key_5(conn) is not None, 20, "the executor to queue for key 5")
+        wait_for(lambda: waiting_for_key_5(conn) is not None, 20, "the executor to queue for key 5", 0.01)
+        ensure_band(cold_path, OID, 0)
         cold_path.commit()
     waiter.join(30)
-    assert [(o.status, o.failure) for o in outcomes] == [("existed", None)]
+    assert [(o.status, o.failure, o.path) for o in outcomes] == [("existed", None, None)]
     assert leftovers(conn) == []
 
 
-def test_the_band_is_staged_before_queueing_for_key_5(conn: Conn, db_dsn: str) -> None:
-    """While partitiond waits for the exclusive side, its new tables already exist (uncommitted), and on
-    the tables inserts use it holds nothing stronger than ACCESS SHARE: waiting stalls no insert more."""
+def test_a_creator_at_work_defers_the_band_before_key_5(conn: Conn, db_dsn: str) -> None:
+    """xmtpd's cold path holds key 5 and is creating a band (its locks show in pg_locks): partitiond does
+    not queue behind it, where every new insert would queue behind partitiond."""
+    with psycopg.connect(db_dsn) as cold_path:
+        cold_path.execute("SELECT pg_advisory_xact_lock(5)")
+        ensure_band(cold_path, OID, 0)
+        outcome = ensure(db_dsn, 0)
+        cold_path.commit()
+    assert (outcome.status, outcome.failure, outcome.holds) == ("deferred", "lock_busy", ())
+    assert leftovers(conn) == []
+
+
+def test_a_band_created_by_a_creator_that_held_key_5_is_existed_not_a_name_clash(
+    conn: Conn, db_dsn: str
+) -> None:
+    """The staged path's own catalog look-ups (the final names are free) happen before key 5; a creator
+    then makes the band and commits while partitiond waits.  The check under key 5 must see it whatever
+    this backend cached, and report "existed" — never fail with 42P07 on the rename."""
+    ensure_band(conn, OID, 0)
+    for attempt in range(3):  # deterministic: each round re-creates the race in the same order
+        start = (attempt + 1) * WIDTH
+        outcomes: list[Outcome] = []
+        with psycopg.connect(db_dsn) as creator:
+            creator.execute("SELECT pg_advisory_xact_lock(5)")
+            waiter = threading.Thread(
+                target=lambda s=start, out=outcomes: out.append(ensure(db_dsn, s, hold_budget=1.0))
+            )
+            waiter.start()
+            wait_for(lambda: waiting_for_key_5(conn) is not None, 20, "the executor to queue for key 5", 0.01)
+            ensure_band(creator, OID, start)
+            creator.commit()
+        waiter.join(30)
+        assert [(o.status, o.failure, o.error) for o in outcomes] == [("existed", None, None)]
+    assert leftovers(conn) == []
+
+
+def test_a_busy_key_5_defers_the_band_within_the_budget(conn: Conn, db_dsn: str) -> None:
+    """A slow transaction holding the shared side: partitiond queues for at most the budget (every new
+    insert queues behind it meanwhile), then gives up, and nothing is left staged."""
+    ensure_band(conn, OID, 0)
+    with psycopg.connect(db_dsn) as holder:
+        hold_lock(holder, "shared protocol lock")
+        outcome = ensure(db_dsn, WIDTH, hold_budget=0.05)
+        holder.rollback()
+    assert (outcome.status, outcome.failure, outcome.holds) == ("deferred", "key5_busy", ())
+    assert l2_bounds(conn, "gateway_envelopes_meta", OID) == ["FOR VALUES FROM ('0') TO ('1000000')"]
+    assert leftovers(conn) == []
+
+
+def test_the_band_is_staged_before_queueing_for_key_5_and_nothing_is_held_meanwhile(
+    conn: Conn, db_dsn: str
+) -> None:
+    """While partitiond waits for the exclusive side, its new tables already exist (committed, under
+    private names) and it holds no lock on any relation at all: nothing a creator holding key 5, a
+    pruner or an insert could need, so its wait can close no cycle."""
     ensure_band(conn, OID, 0)
     outcomes: list[Outcome] = []
     with psycopg.connect(db_dsn) as holder:
         hold_lock(holder, "shared protocol lock")
-        waiter = threading.Thread(target=lambda: outcomes.append(ensure(db_dsn, WIDTH, lock_timeout=30)))
+        waiter = threading.Thread(target=lambda: outcomes.append(ensure(db_dsn, WIDTH, hold_budget=1.0)))
         waiter.start()
-        wait_for(lambda: waiting_for_key_5(conn) is not None, 20, "the executor to queue for key 5")
+        wait_for(lambda: waiting_for_key_5(conn) is not None, 20, "the executor to queue for key 5", 0.01)
         pid = waiting_for_key_5(conn)
         held = conn.execute(
-            """
-            SELECT l.mode, c.relname IS NOT NULL AS committed
-            FROM pg_locks l LEFT JOIN pg_class c ON c.oid = l.relation
-            WHERE l.pid = %s AND l.locktype = 'relation' AND l.granted
-            """,
+            "SELECT l.mode, l.relation::regclass::text FROM pg_locks l"
+            " WHERE l.pid = %s AND l.locktype = 'relation' AND l.granted",
             [pid],
         ).fetchall()
+        staged = conn.execute(
+            "SELECT count(*) FROM pg_class WHERE relname LIKE 'partitiond_stage_%%'"
+        ).fetchone()
         holder.rollback()
     waiter.join(30)
-    assert {mode for mode, committed in held if committed} == {"AccessShareLock"}
-    assert sum(1 for mode, committed in held if mode == "AccessExclusiveLock" and not committed) >= 2
+    assert held == []
+    assert staged == (2,)
     assert [(o.status, o.failure) for o in outcomes] == [("created", None)]
     for tree in TREES:
         assert l2_bounds(conn, tree, OID)[-1] == "FOR VALUES FROM ('1000000') TO ('2000000')"
@@ -157,16 +225,17 @@ def test_a_staged_band_is_the_same_as_one_the_ensure_creates(
     conn: Conn, db_dsn: str, tree: str, reader: bool
 ) -> None:
     """Both ways partitiond creates a band give exactly what the ensure gives.  A reader of the blob L1
-    holds ACCESS SHARE on it: partitiond must not wait for it (the 0.3 s lock timeout would fail the band)
-    but attach the staged blob table instead."""
+    holds ACCESS SHARE on it past the budget: with little runway left partitiond must not wait for it but
+    attach the staged blob table instead (the slow path)."""
     ensure_band(conn, OID, 0)
     notices: list[str] = []
     with psycopg.connect(db_dsn) as reading:
         if reader:
             reading.execute(f"SELECT count(*) FROM gateway_envelopes_blob_o{OID}")
-        outcome = ensure(db_dsn, WIDTH, notices=notices)
+        outcome = ensure(db_dsn, WIDTH, notices=notices, runway=1.0)
         reading.rollback()
     assert (outcome.status, outcome.attempts) == ("created", 1)
+    assert outcome.path == ("attach" if reader else "partition_of")
     blob = f"gateway_envelopes_blob_o{OID}_s{WIDTH}_{2 * WIDTH}"
     assert verified(notices, blob) == reader
     assert verified(notices, f"gateway_envelopes_meta_o{OID}_s{WIDTH}_{2 * WIDTH}")
@@ -189,9 +258,85 @@ def test_a_table_in_the_way_falls_back_to_the_full_ensure(conn: Conn, db_dsn: st
     assert leftovers(conn) == []
 
 
+@pytest.mark.parametrize("runway", [None, 3600.0], ids=["no rate", "an hour of runway"])
+def test_a_long_blob_reader_defers_the_band_while_runway_remains(
+    conn: Conn, db_dsn: str, runway: float | None
+) -> None:
+    """Creating the band anyway would mean the slow path: validating the blob foreign key while every
+    insert waits.  With runway left, partitiond defers instead, holding key 5 no longer than the budget,
+    and leaves nothing behind."""
+    ensure_band(conn, OID, 0)
+    with psycopg.connect(db_dsn) as reading:
+        reading.execute(f"SELECT count(*) FROM gateway_envelopes_blob_o{OID}")
+        outcome = ensure(db_dsn, WIDTH, runway=runway)
+        reading.rollback()
+    assert (outcome.status, outcome.failure) == ("deferred", "blob_read")
+    assert len(outcome.holds) == 1 and outcome.holds[0] < 0.05 + 0.5  # budget + the meta attach, generously
+    for tree in TREES:
+        assert l2_bounds(conn, tree, OID) == ["FOR VALUES FROM ('0') TO ('1000000')"]
+    assert leftovers(conn) == []
+
+
+@pytest.mark.parametrize(
+    "holder_sql",
+    [
+        "LOCK TABLE gateway_envelopes_meta_o100_s0_1000000 IN SHARE UPDATE EXCLUSIVE MODE",  # VACUUM/ANALYZE
+        "INSERT INTO payers (address) VALUES ('an open transaction')",  # xmtpd writes payers without key 5
+        "LOCK TABLE blockchain_messages IN ACCESS EXCLUSIVE MODE",
+    ],
+    ids=["vacuum on a meta partition", "open payers insert", "blockchain_messages locked"],
+)
+def test_a_lock_holder_defers_the_band_before_key_5(conn: Conn, db_dsn: str, holder_sql: str) -> None:
+    """The pre-flight look at pg_locks sees the holder: partitiond defers without taking key 5 at all, so
+    no insert waits for it."""
+    ensure_band(conn, OID, 0)
+    with psycopg.connect(db_dsn) as holder:
+        holder.execute(holder_sql)
+        outcome = ensure(db_dsn, WIDTH)
+        holder.rollback()
+    assert (outcome.status, outcome.failure, outcome.holds) == ("deferred", "lock_busy", ())
+    assert "held by pid" in (outcome.error or "")
+    assert leftovers(conn) == []
+
+
+def test_a_lock_taken_after_the_pre_flight_is_waited_for_at_most_the_budget(conn: Conn, db_dsn: str) -> None:
+    """The pre-flight is only a hint: VACUUM may start right after it.  Under key 5 every lock wait is
+    bounded by the hold budget, then the band is rolled back (key 5 released) and deferred."""
+    ensure_band(conn, OID, 0)
+    conn.execute("ALTER FUNCTION partitiond_preflight(integer, bigint) RENAME TO preflight_off")
+    conn.execute(
+        "CREATE FUNCTION partitiond_preflight(integer, bigint) RETURNS text LANGUAGE sql AS 'SELECT NULL'"
+    )
+    with psycopg.connect(db_dsn) as holder:
+        hold_lock(holder, "vacuum")
+        outcome = ensure(db_dsn, WIDTH, hold_budget=0.05)
+        holder.rollback()
+    assert (outcome.status, outcome.failure) == ("deferred", "held_lock")
+    assert len(outcome.holds) == 1 and outcome.holds[0] < 0.05 + 0.5
+    assert l2_bounds(conn, "gateway_envelopes_blob", OID) == ["FOR VALUES FROM ('0') TO ('1000000')"]
+    assert leftovers(conn) == []
+
+
+def test_staged_tables_of_an_interrupted_run_are_replaced_and_cleaned_up(conn: Conn, db_dsn: str) -> None:
+    """Staged tables are committed, so a crash between staging and attaching leaves them: the next attempt
+    rebuilds them (their shape may predate a migration) and partitiond_unstage() drops any leftover."""
+    ensure_band(conn, OID, 0)
+    conn.execute("SELECT partitiond_stage_table(%s, %s, %s, false)", [OID, WIDTH, 2 * WIDTH])
+    conn.execute("SELECT partitiond_stage_table(%s, %s, %s, true)", [OID, 5 * WIDTH, 6 * WIDTH])
+    assert sorted(leftovers(conn)) == [
+        "partitiond_stage_blob_o100_s5000000",
+        "partitiond_stage_meta_o100_s1000000",
+    ]
+    assert ensure(db_dsn, WIDTH).status == "created"
+    assert leftovers(conn) == ["partitiond_stage_blob_o100_s5000000"]
+    assert conn.execute("SELECT partitiond_unstage()").fetchone() == (1,)
+    assert leftovers(conn) == []
+
+
 @pytest.mark.parametrize(("start", "end"), [(-1, 10), (10, 10), (10, 5)])
 def test_staging_refuses_an_impossible_band(conn: Conn, start: int, end: int) -> None:
     ensure_band(conn, OID, 0)
-    with pytest.raises(psycopg.errors.InvalidParameterValue, match="no such band"):
-        conn.execute("SELECT partitiond_stage_band(%s, %s, %s)", [OID, start, end])
+    for blob in (False, True):
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="no such band"):
+            conn.execute("SELECT partitiond_stage_table(%s, %s, %s, %s)", [OID, start, end, blob])
     assert leftovers(conn) == []

@@ -123,4 +123,4 @@ def test_a_role_with_only_execute_creates_the_next_band_through_the_staged_path(
         psycopg.connect(roles.daemon_dsn, autocommit=True) as conn,
         pytest.raises(errors.InsufficientPrivilege),
     ):
-        conn.execute("SELECT partitiond_try_lock_exclusive('gateway_envelopes_blob'::regclass)")  # a helper
+        conn.execute("SELECT * FROM partitiond_lock_holders(100, 5)")  # a helper

@@ -84,7 +84,7 @@ def test_second_run_issues_no_ddl(conn: Conn, db_dsn: str) -> None:
     after_first = ddl_count(conn)
     assert after_first > 0
     second = run(db_dsn, originators=(300,))
-    assert second.counts == {"planned": 0, "created": 0, "skipped": 0, "failed": 0, "deferred": 0}
+    assert second.counts == {"planned": 0, "created": 0, "skipped": 0, "deferred": 0, "failed": 0, "capped": 0}
     assert ddl_count(conn) == after_first
 
 
@@ -200,9 +200,13 @@ def test_a_lock_holder_bounds_the_wait_and_never_stalls_inserts(
         holder.rollback()
     assert (report.result, report.exit_code) == ("partial", 1)
     [outcome] = report.outcomes
-    assert (outcome.status, outcome.failure, outcome.attempts) == ("failed", "lock_timeout", 3)
+    # An insert in flight (shared side of key 5): partitiond queues for the budget, then gives up.  A writer
+    # outside the protocol shows in pg_locks: partitiond does not even take key 5.
+    why = "key5_busy" if holder_kind == "shared protocol lock" else "lock_busy"
+    assert (outcome.status, outcome.failure, outcome.attempts) == ("deferred", why, 3)
+    assert outcome.deferrals == (why,) * 3
     assert elapsed < 3 * lock_timeout + 1 + 2  # attempts + backoff budget + slack
-    assert inserter.max_latency() < lock_timeout + 0.5
+    assert inserter.max_latency() < Settings().hold_budget + 0.5
     assert leftovers(conn) == []
     assert run(db_dsn, originators=(100,)).counts["created"] == 1
 

@@ -12,9 +12,9 @@
 --  * an idempotent call takes no table lock at all (PR #1974 dropped leftover seed constraints on every
 --    call, which takes ACCESS EXCLUSIVE on a live partition);
 --  * bad arguments fail with SQLSTATE 22023 before anything is locked or created.
--- No error is caught anywhere (except a refused NOWAIT lock, which only chooses between two ways to
--- create a table): whatever goes wrong reaches the caller with its SQLSTATE, and the caller's
--- transaction rolls back every step of the band.
+-- No error is caught anywhere (except a lock refused within the caller's lock_timeout, which only chooses
+-- between two ways to create a blob table, or ends an optional cache warm-up): whatever goes wrong reaches
+-- the caller with its SQLSTATE, and the caller's transaction rolls back every step of the band.
 --
 -- The functions work on the tables in the schema they are installed into: the installer sets search_path
 -- to `<schema>, pg_temp` and every function pins it with SET search_path FROM CURRENT, which also makes
@@ -32,9 +32,8 @@ AS $$
     SELECT left(format('%s_o%s_s%s_%s', p_tree, p_oid, p_start, p_end), 63)
 $$;
 
--- The private name a band's L2 table has while partitiond_stage_band and partitiond_attach_staged prepare
--- it in one transaction.  It is never committed, and no other tool creates such a name, so holding it
--- while waiting for key 5 can block nobody.
+-- The private name a band's L2 table has between partitiond_stage_table and partitiond_attach_staged.  No
+-- other tool creates or reads such a table, so the locks partitiond holds on it block nobody.
 CREATE OR REPLACE FUNCTION partitiond_stage_name(p_tree text, p_oid int, p_start bigint)
 RETURNS text
 LANGUAGE sql IMMUTABLE
@@ -209,110 +208,269 @@ AS $$
     WHERE l2.band_start = p_start AND l2.band_end = p_end
 $$;
 
--- ACCESS EXCLUSIVE on p_table if nobody holds a conflicting lock right now; never waits.  The
--- subtransaction keeps a refused lock from aborting the caller's transaction.
-CREATE OR REPLACE FUNCTION partitiond_try_lock_exclusive(p_table regclass)
+-- Functions of earlier sql-versions that this one replaces.
+DROP FUNCTION IF EXISTS partitiond_try_lock_exclusive(regclass);
+DROP FUNCTION IF EXISTS partitiond_stage_band(integer, bigint, bigint);
+DROP FUNCTION IF EXISTS partitiond_attach_staged(integer, bigint, bigint, regclass[]);
+
+-- partitiond's own creation path for a plain new band (both L1s there, nothing of the band there yet).
+-- Everything done while key 5 is held stalls every insert, and anything partitiond holds while it WAITS
+-- can stall xmtpd or close a lock cycle with it.  So the work is split by what it holds:
+--  1. partitiond_stage_table, once per tree, each its own short transaction BEFORE key 5: the checks, and
+--     the band's L2 table created as a plain table under a private name (partitiond_stage_name).  Its one
+--     lock on an xmtpd table is ACCESS SHARE on the L1 (for LIKE), taken first, so while it waits it holds
+--     nothing; it commits at once, so nothing is held while partitiond later waits for key 5.
+--  2. partitiond_warm, BEFORE key 5: loads the catalog caches the held statements need into this backend
+--     (a new backend would otherwise read them while every insert waits), under the hold budget.
+--  3. partitiond_attach_staged, UNDER key 5, with lock_timeout = the hold budget: rename and attach.
+-- Staged tables are committed, so a crash between 1 and 3 leaves them behind: partitiond_unstage removes
+-- them (the executor after every band, each pass at its start) and `partitiond check` reports them.
+
+-- Step 1.  True when the staged table is ready; false, having created nothing, when the band is not the
+-- plain case (the L1 is missing, a child overlapping the band exists, or the final name is taken): the
+-- caller then runs ensure_gateway_parts_v4 under key 5, which settles every such case.
+CREATE OR REPLACE FUNCTION partitiond_stage_table(p_oid int, p_start bigint, p_end bigint, p_blob boolean)
 RETURNS boolean
 LANGUAGE plpgsql
 SET search_path FROM CURRENT
 AS $$
+DECLARE
+    v_tree   CONSTANT text := CASE WHEN p_blob THEN 'gateway_envelopes_blob' ELSE 'gateway_envelopes_meta' END;
+    v_staged CONSTANT text := partitiond_stage_name(v_tree, p_oid, p_start);
+    v_l1     regclass;
 BEGIN
-    EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE NOWAIT', p_table);
+    IF p_oid IS NULL OR p_start IS NULL OR p_end IS NULL OR p_blob IS NULL OR p_start < 0 OR p_end <= p_start THEN
+        RAISE EXCEPTION 'partitiond_stage_table: no such band [%, %) of originator %', p_start, p_end, p_oid
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- A table of an earlier attempt (or of a crashed run): its shape may predate a migration, so rebuild it.
+    IF to_regclass(format('%I.%I', current_schema(), v_staged)) IS NOT NULL THEN
+        EXECUTE format('DROP TABLE %I.%I', current_schema(), v_staged);
+    END IF;
+    v_l1 := partitiond_l1_child(format('%I.%I', current_schema(), v_tree)::regclass, p_oid);
+    IF v_l1 IS NULL
+       OR EXISTS (SELECT 1 FROM partitiond_l2_children(v_l1) WHERE band_start < p_end AND band_end > p_start)
+       OR to_regclass(format('%I.%I', current_schema(), partitiond_l2_name(v_tree, p_oid, p_start, p_end))) IS NOT NULL
+    THEN
+        RETURN false;
+    END IF;
+    EXECUTE format('CREATE TABLE %I.%I (LIKE %s INCLUDING DEFAULTS INCLUDING CONSTRAINTS)',
+                   current_schema(), v_staged, v_l1);
+    RETURN true;
+END
+$$;
+
+-- Step 2.  Warms this backend's caches for originator p_oid's band: the catalog entries of every meta
+-- partition (the blob child's foreign key locks them all) and the partition descriptors of both L1s
+-- (rebuilt after every band, by every backend that uses them).  Everything it locks is released when its
+-- statement ends; any lock not free within p_lock_timeout_ms makes it give up (false): warming is only an
+-- optimisation, and waiting while holding the tree's ACCESS SHARE locks could stall xmtpd's pruner.
+CREATE OR REPLACE FUNCTION partitiond_warm(p_oid int, p_lock_timeout_ms int)
+RETURNS boolean
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_meta CONSTANT regclass := format('%I.%I', current_schema(), 'gateway_envelopes_meta')::regclass;
+    v_blob CONSTANT regclass := format('%I.%I', current_schema(), 'gateway_envelopes_blob')::regclass;
+    v_l1   regclass;
+BEGIN
+    PERFORM set_config('lock_timeout', format('%sms', greatest(1, p_lock_timeout_ms)), true);
+    EXECUTE format('LOCK TABLE %s IN ACCESS SHARE MODE', v_meta);
+    FOREACH v_l1 IN ARRAY ARRAY[partitiond_l1_child(v_meta, p_oid), partitiond_l1_child(v_blob, p_oid)] LOOP
+        IF v_l1 IS NOT NULL THEN  -- planning a query that prunes every partition builds the descriptor only
+            EXECUTE format('SELECT FROM %s WHERE originator_sequence_id < 0', v_l1);
+        END IF;
+    END LOOP;
     RETURN true;
 EXCEPTION WHEN lock_not_available THEN
     RETURN false;
 END
 $$;
 
--- partitiond's own creation path splits a plain new band (both L1s there, nothing of the band there yet)
--- into two steps of ONE transaction, because everything done while key 5 is held stalls every insert:
---  1. partitiond_stage_band, BEFORE the caller takes key 5: the checks, and the two L2 tables created as
---     plain tables under private names (partitiond_stage_name).  This takes no lock that an insert or a
---     creator holding key 5 needs: ACCESS SHARE on the two L1s (for LIKE) and the new tables themselves;
---  2. partitiond_attach_staged, under key 5: rename each table to its final name and attach it (or,
---     for blob, create it with PARTITION OF when that is free; see there).  PostgreSQL names the child's
---     indexes from the final name, so the children are the same as the ensure's.
--- A crash or an error anywhere rolls both steps back: staged tables are never committed.
+-- Sessions holding a lock that creating a band of originator p_oid would have to wait for.  Creating a
+-- band takes SHARE ROW EXCLUSIVE on payers, blockchain_messages, both top-level tables and every meta
+-- partition (foreign keys), and SHARE UPDATE EXCLUSIVE or more on the two L1s.  Not counted: ROW EXCLUSIVE
+-- held by a session that holds the shared side of key 5 (an xmtpd insert: key 5 itself excludes it), and
+-- weak locks on the blob L1 (readers: the hold budget bounds the wait for them).  pg_locks is read once.
+CREATE OR REPLACE FUNCTION partitiond_lock_holders(p_oid int, p_key bigint)
+RETURNS TABLE (pid int, vxid text, what text)
+LANGUAGE sql STABLE
+SET search_path FROM CURRENT
+AS $$
+    WITH RECURSIVE meta_tree(rel) AS (  -- from pg_inherits: pg_partition_tree() would lock every partition
+        SELECT format('%I.%I', current_schema(), 'gateway_envelopes_meta')::regclass
+        UNION ALL
+        SELECT i.inhrelid::regclass FROM pg_catalog.pg_inherits AS i
+        JOIN meta_tree ON i.inhparent = meta_tree.rel
+        JOIN pg_catalog.pg_class AS c ON c.oid = i.inhrelid AND c.relkind IN ('r', 'p')
+    ),
+    needed(rel) AS (
+        SELECT rel FROM meta_tree
+        UNION ALL
+        SELECT to_regclass(format('%I.%I', current_schema(), t))
+        FROM unnest(ARRAY['payers', 'blockchain_messages', 'gateway_envelopes_blob']) AS t
+        UNION ALL
+        SELECT partitiond_l1_child(format('%I.%I', current_schema(), 'gateway_envelopes_blob')::regclass, p_oid)
+    ),
+    locks AS MATERIALIZED (SELECT * FROM pg_catalog.pg_locks WHERE granted AND pid <> pg_catalog.pg_backend_pid()),
+    protocol AS (  -- sessions holding the shared side of key 5: xmtpd inserts in flight
+        SELECT locks.pid FROM locks
+        WHERE locktype = 'advisory' AND mode = 'ShareLock' AND objsubid = 1
+          AND classid::bigint = (p_key >> 32) & 4294967295 AND objid::bigint = p_key & 4294967295
+    )
+    SELECT l.pid, l.virtualtransaction, format('%s on %s held by pid %s', l.mode, l.relation::regclass, l.pid)
+    FROM locks AS l
+    JOIN needed ON needed.rel = l.relation
+    WHERE l.locktype = 'relation'
+      AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())
+      AND (l.mode IN ('ShareUpdateExclusiveLock', 'ShareLock', 'ShareRowExclusiveLock', 'ExclusiveLock',
+                      'AccessExclusiveLock')
+           OR (l.mode = 'RowExclusiveLock' AND l.pid NOT IN (SELECT protocol.pid FROM protocol)))
+$$;
 
--- Step 1.  Returns the L1 children (meta, blob) to attach to, or NULL, having created nothing, when the
--- band is not the plain case: an L1 is missing, a child overlapping the band exists, or a name is taken.
--- The caller then runs ensure_gateway_parts_v4 under key 5 instead, which settles every such case.
-CREATE OR REPLACE FUNCTION partitiond_stage_band(p_oid int, p_start bigint, p_end bigint)
-RETURNS regclass[]
+-- Who holds a lock the band would wait for, if anybody (NULL otherwise): read BEFORE key 5, so that
+-- partitiond defers instead of taking key 5 and then stalling every insert for the hold budget.  Only a
+-- holder seen twice, 10 ms apart, in the same transaction counts: pg_locks is not one atomic picture (a
+-- backend's fast-path locks are read before the shared lock table), so an xmtpd insert caught between two
+-- transactions could look like a writer outside the protocol for an instant.  This is a hint, not a
+-- guarantee: the hold budget still bounds every wait under key 5.
+CREATE OR REPLACE FUNCTION partitiond_preflight(p_oid int, p_key bigint)
+RETURNS text
 LANGUAGE plpgsql
 SET search_path FROM CURRENT
 AS $$
 DECLARE
-    v_trees CONSTANT text[] := ARRAY['gateway_envelopes_meta', 'gateway_envelopes_blob'];
-    v_l1s   regclass[] := '{}';
-    v_l1    regclass;
+    v_first text[] := ARRAY(SELECT h.pid || '/' || h.vxid || '/' || h.what FROM partitiond_lock_holders(p_oid, p_key) AS h);
 BEGIN
-    IF p_oid IS NULL OR p_start IS NULL OR p_end IS NULL OR p_start < 0 OR p_end <= p_start THEN
-        RAISE EXCEPTION 'partitiond_stage_band: no such band [%, %) of originator %', p_start, p_end, p_oid
-            USING ERRCODE = 'invalid_parameter_value';
+    IF cardinality(v_first) = 0 THEN
+        RETURN NULL;
     END IF;
-    FOR i IN 1..2 LOOP
-        v_l1 := partitiond_l1_child(format('%I.%I', current_schema(), v_trees[i])::regclass, p_oid);
-        IF v_l1 IS NULL
-           OR EXISTS (SELECT 1 FROM partitiond_l2_children(v_l1) WHERE band_start < p_end AND band_end > p_start)
-           OR to_regclass(format('%I.%I', current_schema(),
-                                 partitiond_l2_name(v_trees[i], p_oid, p_start, p_end))) IS NOT NULL
-           OR to_regclass(format('%I.%I', current_schema(),
-                                 partitiond_stage_name(v_trees[i], p_oid, p_start))) IS NOT NULL
-        THEN
-            RETURN NULL;
-        END IF;
-        v_l1s := v_l1s || v_l1;
-    END LOOP;
-    FOR i IN 1..2 LOOP
-        EXECUTE format('CREATE TABLE %I.%I (LIKE %s INCLUDING DEFAULTS INCLUDING CONSTRAINTS)',
-                       current_schema(), partitiond_stage_name(v_trees[i], p_oid, p_start), v_l1s[i]);
-    END LOOP;
-    RETURN v_l1s;
+    PERFORM pg_catalog.pg_sleep(0.01);
+    RETURN (SELECT h.what FROM partitiond_lock_holders(p_oid, p_key) AS h
+            WHERE h.pid || '/' || h.vxid || '/' || h.what = ANY (v_first)
+            ORDER BY h.pid LIMIT 1);
 END
 $$;
 
--- Step 2, while the caller holds key 5: as little as possible.  Returns false, having changed nothing,
--- when a final name was taken while the caller waited for the lock (xmtpd's cold path created the band):
--- the caller rolls back, which drops the staged tables.
+-- Give a staged table its final name (PostgreSQL names the child's indexes after it) and attach it.
+CREATE OR REPLACE FUNCTION partitiond_attach_table(p_l1 regclass, p_staged text, p_name text, p_start bigint, p_end bigint)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
+BEGIN
+    EXECUTE format('ALTER TABLE %I.%I RENAME TO %I', current_schema(), p_staged, p_name);
+    EXECUTE format('ALTER TABLE %s ATTACH PARTITION %I.%I FOR VALUES FROM (%s) TO (%s)',
+                   p_l1, current_schema(), p_name, p_start, p_end);
+END
+$$;
+
+-- Step 3, under key 5; the caller has set lock_timeout to its hold budget, so no lock is waited for longer.
+-- Returns {"status": "existed"} when the band was created by someone else while the caller waited for key
+-- 5 (the caller rolls back), else {"status": "created", "path": ..., "ms": {step: milliseconds}}, the time
+-- of each step for the caller's logs and metrics.
 --
--- The blob child is best created with PARTITION OF: ATTACH validates the foreign key into
--- gateway_envelopes_meta with a query planned over EVERY meta partition (about 7 ms at 160 partitions,
--- growing with their number, all of it while inserts wait), and PARTITION OF does not validate a new,
--- empty table.  It needs ACCESS EXCLUSIVE on the blob L1, which readers of that originator's blobs
--- conflict with, so it is taken only if free at this instant (NOWAIT: never queued, never waited for);
--- otherwise the staged blob table is attached like the meta one.
-CREATE OR REPLACE FUNCTION partitiond_attach_staged(p_oid int, p_start bigint, p_end bigint, p_l1s regclass[])
-RETURNS boolean
+-- The meta child is attached.  The blob child is best created with PARTITION OF: ATTACH would validate the
+-- foreign key into gateway_envelopes_meta with a query planned over EVERY meta partition (about 1 s at
+-- 2,000 partitions, all of it while inserts wait), and PARTITION OF does not validate a new, empty table.
+-- PARTITION OF needs ACCESS EXCLUSIVE on the blob L1: that lock is queued for, bounded by the budget, so
+-- readers of this originator's blobs pause for at most the budget.  If a reader holds the L1 longer, the
+-- band is refused with SQLSTATE PD001 (the caller defers it while the originator has runway left), or, with
+-- p_allow_slow, the staged blob table is attached after all.
+CREATE OR REPLACE FUNCTION partitiond_attach_staged(p_oid int, p_start bigint, p_end bigint, p_allow_slow boolean)
+RETURNS jsonb
 LANGUAGE plpgsql
 SET search_path FROM CURRENT
 AS $$
 DECLARE
-    v_trees  CONSTANT text[] := ARRAY['gateway_envelopes_meta', 'gateway_envelopes_blob'];
-    v_names  text[] := ARRAY[partitiond_l2_name(v_trees[1], p_oid, p_start, p_end),
-                             partitiond_l2_name(v_trees[2], p_oid, p_start, p_end)];
-    v_staged text;
+    v_meta     CONSTANT text := 'gateway_envelopes_meta';
+    v_blob     CONSTANT text := 'gateway_envelopes_blob';
+    v_meta_l1  CONSTANT regclass := partitiond_l1_child(format('%I.%I', current_schema(), v_meta)::regclass, p_oid);
+    v_blob_l1  CONSTANT regclass := partitiond_l1_child(format('%I.%I', current_schema(), v_blob)::regclass, p_oid);
+    v_names    CONSTANT text[] := ARRAY[partitiond_l2_name(v_meta, p_oid, p_start, p_end),
+                                        partitiond_l2_name(v_blob, p_oid, p_start, p_end)];
+    v_staged   CONSTANT text[] := ARRAY[partitiond_stage_name(v_meta, p_oid, p_start),
+                                        partitiond_stage_name(v_blob, p_oid, p_start)];
+    v_slow     boolean := false;
+    v_t        timestamptz[] := ARRAY[clock_timestamp()];
 BEGIN
+    IF v_meta_l1 IS NULL OR v_blob_l1 IS NULL THEN
+        RAISE EXCEPTION 'partitiond_attach_staged: originator % has no L1 partition in both trees', p_oid
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     PERFORM partitiond_lock_creators();  -- also serialises with callers of the ensure that skip key 5
-    FOR i IN 1..2 LOOP
-        IF to_regclass(format('%I.%I', current_schema(), v_names[i])) IS NOT NULL THEN
-            RETURN false;
-        END IF;
-    END LOOP;
+    -- The lock ATTACH takes anyway, taken first: acquiring a relation lock makes this backend read the
+    -- invalidations of everything committed while it waited for key 5, so the checks below see a band that
+    -- xmtpd's cold path created meanwhile.  (A name looked up before the wait may still be cached as
+    -- missing; a lookup by bound reads pg_inherits afresh.)
+    EXECUTE format('LOCK TABLE %s IN SHARE UPDATE EXCLUSIVE MODE', v_meta_l1);
+    IF EXISTS (SELECT 1 FROM partitiond_l2_children(v_meta_l1) WHERE band_start < p_end AND band_end > p_start)
+       OR EXISTS (SELECT 1 FROM partitiond_l2_children(v_blob_l1) WHERE band_start < p_end AND band_end > p_start)
+    THEN
+        RETURN jsonb_build_object('status', 'existed');
+    END IF;
+    v_t := v_t || clock_timestamp();
     -- Same order as every xmtpd ensure: meta L2, then blob L2.
-    FOR i IN 1..2 LOOP
-        v_staged := partitiond_stage_name(v_trees[i], p_oid, p_start);
-        IF i = 2 AND partitiond_try_lock_exclusive(p_l1s[i]) THEN
-            EXECUTE format('DROP TABLE %I.%I', current_schema(), v_staged);
-            EXECUTE format('CREATE TABLE %I.%I PARTITION OF %s FOR VALUES FROM (%s) TO (%s)',
-                           current_schema(), v_names[i], p_l1s[i], p_start, p_end);
-        ELSE
-            EXECUTE format('ALTER TABLE %I.%I RENAME TO %I', current_schema(), v_staged, v_names[i]);
-            EXECUTE format('ALTER TABLE %s ATTACH PARTITION %I.%I FOR VALUES FROM (%s) TO (%s)',
-                           p_l1s[i], current_schema(), v_names[i], p_start, p_end);
+    PERFORM partitiond_attach_table(v_meta_l1, v_staged[1], v_names[1], p_start, p_end);
+    v_t := v_t || clock_timestamp();
+    BEGIN
+        EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', v_blob_l1);
+    EXCEPTION WHEN lock_not_available THEN
+        IF NOT p_allow_slow THEN
+            RAISE EXCEPTION 'the blob partition % of originator % is being read for longer than the hold budget',
+                            v_blob_l1, p_oid
+                USING ERRCODE = 'PD001',
+                      HINT = 'Creating the band now would mean validating the blob foreign key under key 5.';
         END IF;
+        v_slow := true;
+    END;
+    v_t := v_t || clock_timestamp();
+    IF v_slow THEN
+        PERFORM partitiond_attach_table(v_blob_l1, v_staged[2], v_names[2], p_start, p_end);
+    ELSE
+        EXECUTE format('DROP TABLE %I.%I', current_schema(), v_staged[2]);
+        EXECUTE format('CREATE TABLE %I.%I PARTITION OF %s FOR VALUES FROM (%s) TO (%s)',
+                       current_schema(), v_names[2], v_blob_l1, p_start, p_end);
+    END IF;
+    v_t := v_t || clock_timestamp();
+    RETURN jsonb_build_object(
+        'status', 'created',
+        'path', CASE WHEN v_slow THEN 'attach' ELSE 'partition_of' END,
+        'ms', jsonb_build_object(
+            'check', 1000 * extract(epoch FROM v_t[2] - v_t[1]),
+            'meta', 1000 * extract(epoch FROM v_t[3] - v_t[2]),
+            'blob_lock', 1000 * extract(epoch FROM v_t[4] - v_t[3]),
+            'blob', 1000 * extract(epoch FROM v_t[5] - v_t[4])));
+END
+$$;
+
+-- Drop staged tables left behind: of one band (p_oid, p_start), or every one (both NULL).  Only tables
+-- named like partitiond's staged tables that are not partitions are touched; returns how many it dropped.
+CREATE OR REPLACE FUNCTION partitiond_unstage(p_oid int DEFAULT NULL, p_start bigint DEFAULT NULL)
+RETURNS int
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_rel   regclass;
+    v_count int := 0;
+BEGIN
+    FOR v_rel IN
+        SELECT c.oid::regclass FROM pg_catalog.pg_class AS c
+        WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind = 'r' AND NOT c.relispartition
+          AND p_oid IS NULL AND c.relname ~ '^partitiond_stage_(meta|blob)_o-?[0-9]+_s[0-9]+$'
+        UNION ALL
+        SELECT c.oid::regclass FROM pg_catalog.pg_class AS c
+        WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind = 'r' AND NOT c.relispartition
+          AND p_oid IS NOT NULL
+          AND c.relname IN (partitiond_stage_name('gateway_envelopes_meta', p_oid, p_start),
+                            partitiond_stage_name('gateway_envelopes_blob', p_oid, p_start))
+    LOOP
+        EXECUTE format('DROP TABLE %s', v_rel);
+        v_count := v_count + 1;
     END LOOP;
-    RETURN true;
+    RETURN v_count;
 END
 $$;
 
