@@ -1,142 +1,325 @@
-"""Key-5 hold per band: how long every insert waits while one band is created, by creator.
+"""Key-5 hold per band at scale: how long every insert waits while one band is created, by creator.
 
-While a creator holds the exclusive side of xmtpd's key 5, no insert runs, so the time from "lock held"
-to "COMMIT done" is a stall that every writer sees.  For each size (originators x bands already there, so
-the number of meta partitions the foreign-key check into meta plans over), bands are created one at a
-time, each in its own transaction, the creators taking turns band by band so that machine noise and the
-slowly growing trees hit them alike:
+While a creator holds the exclusive side of xmtpd's key 5, no insert runs, so the time from "lock held" to
+"COMMIT done" is a stall that every writer sees.  For each size (meta partitions already there, which the
+blob foreign key makes every creation touch) and each reader mode, bands are created one at a time, the
+creators taking turns band by band so that machine noise and the slowly growing trees hit them alike:
 
-* ``xmtpd v3``: the cold path of xmtpd today, ``ensure_gateway_parts_v3`` under key 5;
-* ``v4 ensure``: the same with ``ensure_gateway_parts_v4`` (the hot-path benchmark's lazy writers);
-* ``partitiond``: ``partitiond_stage_band`` before the lock (not part of the hold),
-  ``partitiond_attach_staged`` under it — the blob child created with ``PARTITION OF``;
-* ``partitiond, blob L1 read``: the same while a reader holds ACCESS SHARE on the blob L1, so the
-  staged blob table is attached instead (ATTACH validates the foreign key into meta).
+* ``xmtpd v3``: xmtpd's cold path today, ``ensure_gateway_parts_v3`` under key 5;
+* ``v4 ensure``: the same with ``ensure_gateway_parts_v4``;
+* ``partitiond warm``: partitiond's executor on a connection kept from band to band (the daemon);
+* ``partitiond cold``: the same executor on a new connection per band (``run-once``, a timer, a CronJob);
+* ``idle``: no creation at all, a window as long as a typical creation: the baseline for the stalls.
 
-Medians over ``--samples`` bands per creator, and the ratios to partitiond, measured side by side.
+Reader modes, while one xmtpd-protocol writer process inserts all the time:
 
-    python bench/hold.py [--originators 4] [--bands 40,160] [--samples 15]
+* ``none``: no reader;
+* ``serving``: reader processes in a loop, like a serving node: blob reads by key and topic queries joining
+  meta and blob, one originator each, every originator in turn, a short pause between queries;
+* ``long reader``: one transaction that read ``gateway_envelopes_blob`` and stays open.  partitiond's
+  cheap blob step (PARTITION OF) needs the blob L1 to itself; with runway left it defers the band rather
+  than validating the blob foreign key under key 5.  xmtpd's v3 cold path re-attaches the L1, which
+  waits for the reader while holding key 5, until xmtpd's statement timeout (here ``XMTPD_TIMEOUT``).
+
+Reported per size, mode and creator: the key-5 hold (median, p90, max; partitiond's from its executor,
+refused attempts included), bands not created (deferred, or timed out), the longest insert and the
+longest read that overlapped the creator's bands (end to end, so a creator's whole visit counts), and the
+median hold's ratio to xmtpd's cold path, measured side by side.
+
+    python bench/hold.py [--originators 4] [--sizes 160,640,2000] [--samples 10] [--readers 4]
+                         [--modes none,serving,long reader]
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import statistics
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from multiprocessing.queues import Queue as QueueType
+from multiprocessing.synchronize import Event as EventType
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
 from partitiond import sqlfiles
+from partitiond.bands import Band
 from partitiond.cluster import throwaway_cluster
+from partitiond.config import Settings
+from partitiond.executor import Executor, RetryBudget
+from partitiond.planner import PlannedBand
+from partitiond.xmtpd_writer import LazyWriter
 
 Conn = psycopg.Connection[Any]
 KEY = 5
 WIDTH = 1000
-STAGE = "SELECT partitiond_stage_band(%s, %s, %s)::oid[]"
-ATTACH = "SELECT partitiond_attach_staged(%s, %s, %s, %s::oid[]::regclass[])"
+MODES = ("none", "serving", "long reader")
+IDLE_WINDOW = 0.05  # seconds: about one creation
+READER_PAUSE = 0.02  # between a reader's queries: busy, not saturating two cores
+# xmtpd's connections run with statement_timeout = XMTPD_DB_READ_TIMEOUT, 10 s by default; shorter here so
+# that a blocked cold path (a long blob reader makes v3's L1 re-attach wait) does not dominate the run.
+XMTPD_TIMEOUT = "2s"
+SETTINGS = Settings(metrics_address="", band_width=WIDTH, lock_attempts=1, retry_budget=0)
+BLOB_READ = """SELECT originator_envelope FROM gateway_envelopes_blob
+WHERE originator_node_id = %s AND originator_sequence_id = %s"""
+TOPIC_QUERY = """SELECT m.originator_node_id, m.originator_sequence_id, b.originator_envelope
+FROM gateway_envelopes_meta AS m
+JOIN gateway_envelopes_blob AS b USING (originator_node_id, originator_sequence_id)
+WHERE m.originator_node_id = %s AND m.topic = %s ORDER BY m.gateway_time DESC LIMIT 20"""
+
+
+@dataclass
+class Creation:
+    """One creator's visit: when it started and ended (wall clock), its key-5 holds, and whether the band
+    was left uncreated (partitiond deferred it, or xmtpd's cold path hit its statement timeout)."""
+
+    start: float
+    end: float
+    holds: list[float]
+    deferred: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Creator:
-    """One way to create a band: ``prepare`` runs before key 5 (untimed), ``locked`` under it."""
-
     name: str
-    locked: Callable[[Conn, int, int, Any], object]
-    prepare: Callable[[Conn, int, int], Any] = lambda conn, oid, start: None
-    read_blob_l1: bool = False
+    create: Callable[[Conn | None, str, int, int], Creation]
 
 
-def _ensure(function: str) -> Callable[[Conn, int, int, Any], object]:
+def _ensure(function: str) -> Callable[[Conn | None, str, int, int], Creation]:
     statement = sql.SQL("SELECT {}(%s, %s, %s)").format(sql.Identifier(function))
 
-    def locked(conn: Conn, oid: int, start: int, _: Any) -> object:
-        return conn.execute(statement, [oid, start, WIDTH])
+    def create(conn: Conn | None, dsn: str, oid: int, start: int) -> Creation:
+        assert conn is not None
+        began, held = time.time(), None
+        try:
+            with conn.transaction():
+                conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(XMTPD_TIMEOUT)))
+                conn.execute(
+                    "SET LOCAL lock_timeout = 0"
+                )  # as xmtpd: the shared connection's is partitiond's
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", [KEY])
+                held = time.perf_counter()
+                conn.execute(statement, [oid, start, WIDTH])
+        except psycopg.errors.QueryCanceled:  # blocked for xmtpd's whole statement timeout
+            assert held is not None
+            return Creation(began, time.time(), [time.perf_counter() - held], deferred=True)
+        return Creation(began, time.time(), [time.perf_counter() - held])
 
-    return locked
+    return create
 
 
-def _stage(conn: Conn, oid: int, start: int) -> Any:
-    row = conn.execute(STAGE, [oid, start, start + WIDTH]).fetchone()
-    assert row and row[0], f"band {start} of originator {oid} could not be staged"
-    return row[0]
+def _partitiond(warm: bool) -> Callable[[Conn | None, str, int, int], Creation]:
+    def create(conn: Conn | None, dsn: str, oid: int, start: int) -> Creation:
+        began = time.time()
+        with nullcontext(conn) if warm else psycopg.connect(dsn, autocommit=True) as c:
+            assert c is not None
+            band = PlannedBand(oid, Band(start, start + WIDTH), "ahead", "bench", 0)
+            outcome = Executor(c, SETTINGS).ensure(band, RetryBudget(0))
+        if outcome.status not in ("created", "deferred"):
+            raise RuntimeError(f"partitiond {outcome.status} band {start} of {oid}: {outcome.error}")
+        return Creation(began, time.time(), list(outcome.holds), outcome.status == "deferred")
+
+    return create
 
 
-def _attach(conn: Conn, oid: int, start: int, l1s: Any) -> object:
-    return conn.execute(ATTACH, [oid, start, start + WIDTH, l1s])
+def _idle(conn: Conn | None, dsn: str, oid: int, start: int) -> Creation:
+    began = time.time()
+    time.sleep(IDLE_WINDOW)  # the baseline window itself, not a synchronisation
+    return Creation(began, time.time(), [], deferred=True)
 
 
 CREATORS = (
     Creator("xmtpd v3", _ensure("ensure_gateway_parts_v3")),
     Creator("v4 ensure", _ensure("ensure_gateway_parts_v4")),
-    Creator("partitiond", _attach, _stage),
-    Creator("partitiond, blob L1 read", _attach, _stage, read_blob_l1=True),
+    Creator("partitiond warm", _partitiond(warm=True)),
+    Creator("partitiond cold", _partitiond(warm=False)),
+    Creator("idle", _idle),
 )
 
 
-def hold(conn: Conn, reader: Conn, creator: Creator, oid: int, start: int) -> float:
-    """Seconds from key 5 held to COMMIT done, for one new band."""
-    if creator.read_blob_l1:
-        reader.execute(
-            sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(f"gateway_envelopes_blob_o{oid}"))
+# --- load: one writer, readers ------------------------------------------------------------------------
+
+
+def load_process(
+    dsn: str, kind: str, originators: int, stop: EventType, out: QueueType[list[tuple[float, float]]]
+) -> None:
+    """``writer``: xmtpd-protocol inserts, again and again into band 0 of originator 1 (ON CONFLICT DO
+    NOTHING keeps the table small; the locks are those of any insert).  ``reader``: alternately a blob
+    read by key and a topic query across all originators.  Sends back (wall start, latency) per call."""
+    done: list[tuple[float, float]] = []
+    with psycopg.connect(dsn, autocommit=True, application_name=f"hold-{kind}") as conn:
+        writer = LazyWriter(conn, band_width=WIDTH)
+        i = 0
+        while not stop.is_set():
+            began, t = time.time(), time.perf_counter()
+            if kind == "writer":
+                writer.insert(1, i % WIDTH)
+            elif i % 2:
+                conn.execute(BLOB_READ, [i % originators + 1, i % WIDTH]).fetchall()
+            else:
+                conn.execute(TOPIC_QUERY, [i % originators + 1, b"topic-%d" % (i % 16)]).fetchall()
+            done.append((began, time.perf_counter() - t))
+            i += 1
+            stop.wait(0.01 if kind == "writer" else READER_PAUSE)  # paced: 100 inserts/s, a serving reader
+    out.put(done)
+
+
+@dataclass
+class Load:
+    stop: EventType
+    out: QueueType[list[tuple[float, float]]]
+    procs: list[Any] = field(default_factory=list)
+
+    def finish(self) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+        """Stop everything; (writer calls, reader calls)."""
+        self.stop.set()
+        results = [self.out.get(timeout=120) for _ in self.procs]
+        for proc in self.procs:
+            proc.join(30)
+        return results[0], [call for r in results[1:] for call in r]
+
+
+def start_load(dsn: str, readers: int, originators: int) -> Load:
+    mp = multiprocessing.get_context("spawn")
+    load = Load(mp.Event(), mp.Queue())
+    for kind in ["writer", *["reader"] * readers]:
+        proc = mp.Process(
+            target=load_process, args=(dsn, kind, originators, load.stop, load.out), daemon=True
         )
+        proc.start()
+        load.procs.append(proc)
+    return load
+
+
+def fill(conn: Conn, originators: int, bands: int) -> None:
+    """Bands 0..``bands``-1 for every originator, those missing created fast (PARTITION OF, 50 per
+    transaction; band 0 by the ensure, which makes the L1s): set-up, not measured."""
+    for oid in range(1, originators + 1):
+        conn.execute("SELECT ensure_gateway_parts_v4(%s, 0, %s)", [oid, WIDTH])
+        for chunk in range(1, bands, 50):
+            with conn.transaction():
+                for b in range(chunk, min(bands, chunk + 50)):
+                    for tree in ("meta", "blob"):
+                        conn.execute(
+                            sql.SQL(
+                                "CREATE TABLE IF NOT EXISTS {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})"
+                            ).format(
+                                sql.Identifier(
+                                    f"gateway_envelopes_{tree}_o{oid}_s{b * WIDTH}_{(b + 1) * WIDTH}"
+                                ),
+                                sql.Identifier(f"gateway_envelopes_{tree}_o{oid}"),
+                                sql.Literal(b * WIDTH),
+                                sql.Literal((b + 1) * WIDTH),
+                            )
+                        )
+
+
+# --- measuring ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Cell:
+    """One creator in one size and mode."""
+
+    creations: list[Creation] = field(default_factory=list)
+    writer_max: float = 0.0
+    reader_max: float = 0.0
+
+    @property
+    def holds(self) -> list[float]:
+        return [h for c in self.creations for h in c.holds]
+
+    @property
+    def deferred(self) -> int:
+        return sum(c.deferred for c in self.creations)
+
+
+def longest(calls: Sequence[tuple[float, float]], creations: Sequence[Creation]) -> float:
+    """The longest call that overlapped any of the creations."""
+    return max(
+        (lat for began, lat in calls for c in creations if began < c.end and began + lat > c.start),
+        default=0.0,
+    )
+
+
+@contextmanager
+def long_reader(dsn: str, active: bool) -> Iterator[None]:
+    if not active:
+        yield
+        return
+    with psycopg.connect(dsn) as conn:
+        conn.execute("SELECT count(*) FROM gateway_envelopes_blob")
+        yield
+        conn.rollback()
+
+
+def measure_mode(
+    dsn: str, mode: str, originators: int, samples: int, readers: int, next_band: dict[int, int]
+) -> dict[str, Cell]:
+    cells = {c.name: Cell() for c in CREATORS}
+    load = start_load(dsn, readers if mode == "serving" else 0, originators)
     try:
-        with conn.transaction():
-            prepared = creator.prepare(conn, oid, start)
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", [KEY])
-            held = time.perf_counter()
-            creator.locked(conn, oid, start, prepared)
-        return time.perf_counter() - held
+        with psycopg.connect(dsn, autocommit=True) as conn, long_reader(dsn, mode == "long reader"):
+            time.sleep(1.0)  # let the load processes connect and settle: load generation, not synchronisation
+            for sample in range(samples):
+                for turn in range(len(CREATORS)):
+                    creator = CREATORS[(sample + turn) % len(CREATORS)]  # rotate who goes first
+                    oid = (sample * len(CREATORS) + turn) % originators + 1
+                    creation = creator.create(conn, dsn, oid, next_band[oid] * WIDTH)
+                    cells[creator.name].creations.append(creation)
+                    if creation.holds and not creation.deferred:
+                        next_band[oid] += 1
     finally:
-        reader.rollback()
+        writes, reads = load.finish()
+    for cell in cells.values():
+        cell.writer_max = longest(writes, cell.creations)
+        cell.reader_max = longest(reads, cell.creations)
+    return cells
 
 
-def measure(originators: int, bands: int, samples: int) -> dict[str, list[float]]:
-    holds: dict[str, list[float]] = {c.name: [] for c in CREATORS}
-    with (
-        throwaway_cluster(prefix="partitiond-hold-") as cluster,
-        psycopg.connect(cluster.dsn(), autocommit=True) as conn,
-        psycopg.connect(cluster.dsn()) as reader,
-    ):
-        sqlfiles.install_schema(conn)
-        sqlfiles.install_functions(conn)
-        for oid in range(1, originators + 1):
-            for band in range(bands):
-                conn.execute("SELECT ensure_gateway_parts_v4(%s, %s, %s)", [oid, band * WIDTH, WIDTH])
-        next_band = dict.fromkeys(range(1, originators + 1), bands)
-        for sample in range(samples):
-            for turn in range(len(CREATORS)):
-                creator = CREATORS[(sample + turn) % len(CREATORS)]  # rotate who goes first
-                oid = (sample * len(CREATORS) + turn) % originators + 1
-                holds[creator.name].append(hold(conn, reader, creator, oid, next_band[oid] * WIDTH))
-                next_band[oid] += 1
-    return holds
-
-
-def render(originators: int, bands: int, holds: dict[str, list[float]]) -> list[str]:
-    medians = {name: statistics.median(values) for name, values in holds.items()}
-    ours = medians["partitiond"]
-    lines = [f"{originators} originators x {bands} bands ({originators * bands:,} meta partitions and up):"]
-    lines += ["| creator | median hold ms | p90 ms | / partitiond |", "|---|---:|---:|---:|"]
-    for name, values in holds.items():
-        p90 = statistics.quantiles(values, n=10)[-1] if len(values) >= 2 else values[0]
+def render(size: int, mode: str, cells: dict[str, Cell]) -> list[str]:
+    base = statistics.median(cells["xmtpd v3"].holds) if cells["xmtpd v3"].holds else None
+    lines = [
+        f"{size:,} meta partitions, readers: {mode}",
+        "| creator | hold median ms | p90 ms | max ms | not created | longest insert ms | longest read ms "
+        "| xmtpd v3 / this |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, cell in cells.items():
+        holds = sorted(cell.holds)
+        if holds:
+            med, p90 = statistics.median(holds), holds[min(len(holds) - 1, int(0.9 * len(holds)))]
+            figures = f"{med * 1000:.1f} | {p90 * 1000:.1f} | {holds[-1] * 1000:.1f}"
+            ratio = f"{base / med:.1f}x" if base and med else "-"
+        else:
+            figures, ratio = "- | - | -", "-"
+        deferred = "-" if name == "idle" else str(cell.deferred)
+        reads = f"{cell.reader_max * 1000:.1f}" if mode != "none" else "-"
         lines.append(
-            f"| {name} | {medians[name] * 1000:.2f} | {p90 * 1000:.2f} | {medians[name] / ours:.2f}x |"
+            f"| {name} | {figures} | {deferred} | {cell.writer_max * 1000:.1f} | {reads} | {ratio} |"
         )
     return lines
 
 
-def band_counts(text: str) -> list[int]:
+def csv_ints(text: str) -> list[int]:
     try:
-        counts = [int(part) for part in text.split(",")]
+        values = [int(part) for part in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not counts or min(counts) < 1:
-        raise argparse.ArgumentTypeError(f"band counts must be >= 1, got {text!r}")
-    return counts
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"sizes must be >= 1, got {text!r}")
+    return values
+
+
+def modes(text: str) -> list[str]:
+    chosen = [m.strip() for m in text.split(",")]
+    if not chosen or any(m not in MODES for m in chosen):
+        raise argparse.ArgumentTypeError(f"modes are {', '.join(MODES)}; got {text!r}")
+    return chosen
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -144,17 +327,33 @@ def main(argv: Sequence[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--originators", type=int, default=4, choices=range(1, 101), metavar="1..100")
-    parser.add_argument("--bands", type=band_counts, default=[40, 160], help="bands per originator, per size")
-    parser.add_argument("--samples", type=int, default=15, choices=range(2, 1001), metavar="2..1000")
+    parser.add_argument("--sizes", type=csv_ints, default=[160, 640, 2000], help="meta partitions, per size")
+    parser.add_argument("--samples", type=int, default=10, choices=range(1, 1001), metavar="1..1000")
+    parser.add_argument("--readers", type=int, default=4, choices=range(0, 65), metavar="0..64")
+    parser.add_argument("--modes", type=modes, default=list(MODES))
     args = parser.parse_args(argv)
     print(
-        f"$ python bench/hold.py --originators {args.originators} "
-        f"--bands {','.join(map(str, args.bands))} --samples {args.samples}\n",
+        f"$ python bench/hold.py --originators {args.originators} --sizes {','.join(map(str, args.sizes))} "
+        f"--samples {args.samples} --readers {args.readers} --modes '{','.join(args.modes)}'\n",
         flush=True,
     )
-    for bands in args.bands:
-        print("\n".join(render(args.originators, bands, measure(args.originators, bands, args.samples))))
-        print(flush=True)
+    with (
+        throwaway_cluster(prefix="partitiond-hold-") as cluster,
+        psycopg.connect(cluster.dsn(), autocommit=True) as conn,
+    ):
+        sqlfiles.install_schema(conn)
+        sqlfiles.install_functions(conn)
+        LazyWriter(conn, band_width=WIDTH).insert(1, 0)
+        next_band = dict.fromkeys(range(1, args.originators + 1), 0)
+        for size in sorted(args.sizes):
+            bands = max(1, size // args.originators)
+            fill(conn, args.originators, bands)
+            next_band = {oid: max(at, bands) for oid, at in next_band.items()}
+            for mode in args.modes:
+                cells = measure_mode(
+                    cluster.dsn(), mode, args.originators, args.samples, args.readers, next_band
+                )
+                print("\n".join(render(size, mode, cells)) + "\n", flush=True)
 
 
 if __name__ == "__main__":

@@ -84,7 +84,14 @@ def test_second_run_issues_no_ddl(conn: Conn, db_dsn: str) -> None:
     after_first = ddl_count(conn)
     assert after_first > 0
     second = run(db_dsn, originators=(300,))
-    assert second.counts == {"planned": 0, "created": 0, "skipped": 0, "deferred": 0, "failed": 0, "capped": 0}
+    assert second.counts == {
+        "planned": 0,
+        "created": 0,
+        "skipped": 0,
+        "deferred": 0,
+        "failed": 0,
+        "capped": 0,
+    }
     assert ddl_count(conn) == after_first
 
 

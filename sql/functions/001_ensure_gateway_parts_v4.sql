@@ -375,9 +375,9 @@ $$;
 -- foreign key into gateway_envelopes_meta with a query planned over EVERY meta partition (about 1 s at
 -- 2,000 partitions, all of it while inserts wait), and PARTITION OF does not validate a new, empty table.
 -- PARTITION OF needs ACCESS EXCLUSIVE on the blob L1: that lock is queued for, bounded by the budget, so
--- readers of this originator's blobs pause for at most the budget.  If a reader holds the L1 longer, the
--- band is refused with SQLSTATE PD001 (the caller defers it while the originator has runway left), or, with
--- p_allow_slow, the staged blob table is attached after all.
+-- readers of this originator's blobs pause for at most the budget plus the DDL.  If a reader holds the L1
+-- longer, the band is refused with SQLSTATE PD001 (the caller defers it while the originator has runway
+-- left), or, with p_allow_slow, the staged blob table is attached after all.
 CREATE OR REPLACE FUNCTION partitiond_attach_staged(p_oid int, p_start bigint, p_end bigint, p_allow_slow boolean)
 RETURNS jsonb
 LANGUAGE plpgsql
@@ -411,9 +411,8 @@ BEGIN
         RETURN jsonb_build_object('status', 'existed');
     END IF;
     v_t := v_t || clock_timestamp();
-    -- Same order as every xmtpd ensure: meta L2, then blob L2.
-    PERFORM partitiond_attach_table(v_meta_l1, v_staged[1], v_names[1], p_start, p_end);
-    v_t := v_t || clock_timestamp();
+    -- The blob L1 first: if a reader keeps it past the budget, the band is refused before any DDL ran, so
+    -- the refusal holds key 5 for the budget and no longer.
     BEGIN
         EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', v_blob_l1);
     EXCEPTION WHEN lock_not_available THEN
@@ -425,6 +424,9 @@ BEGIN
         END IF;
         v_slow := true;
     END;
+    v_t := v_t || clock_timestamp();
+    -- Then the children in the order of every xmtpd ensure: meta L2, then blob L2.
+    PERFORM partitiond_attach_table(v_meta_l1, v_staged[1], v_names[1], p_start, p_end);
     v_t := v_t || clock_timestamp();
     IF v_slow THEN
         PERFORM partitiond_attach_table(v_blob_l1, v_staged[2], v_names[2], p_start, p_end);
@@ -439,8 +441,8 @@ BEGIN
         'path', CASE WHEN v_slow THEN 'attach' ELSE 'partition_of' END,
         'ms', jsonb_build_object(
             'check', 1000 * extract(epoch FROM v_t[2] - v_t[1]),
-            'meta', 1000 * extract(epoch FROM v_t[3] - v_t[2]),
-            'blob_lock', 1000 * extract(epoch FROM v_t[4] - v_t[3]),
+            'blob_lock', 1000 * extract(epoch FROM v_t[3] - v_t[2]),
+            'meta', 1000 * extract(epoch FROM v_t[4] - v_t[3]),
             'blob', 1000 * extract(epoch FROM v_t[5] - v_t[4])));
 END
 $$;
