@@ -11,7 +11,7 @@ help:
 	@echo "make demo       run partitiond's main job against a throwaway local PostgreSQL with demo traffic"
 	@echo "make test       set up everything and run the test suite against a real PostgreSQL"
 	@echo "make lint       ruff + mypy --strict"
-	@echo "make bench      hot-path, discovery and key-5 hold benchmarks (real PostgreSQL)"
+	@echo "make bench      hot-path, discovery, key-5 hold and interference benchmarks (real PostgreSQL)"
 	@echo "make bench-sim  runway simulation: cold-path hits per policy over a simulated week"
 	@echo "make torture    minutes-long concurrency torture run"
 
@@ -64,6 +64,7 @@ bench: $(STAMP) postgres-server
 	$(BIN)/python bench/hotpath.py $(BENCH_ARGS)
 	$(BIN)/python bench/discovery.py $(BENCH_ARGS)
 	$(BIN)/python bench/hold.py $(BENCH_ARGS)
+	$(BIN)/python bench/interference.py $(BENCH_ARGS)
 
 bench-sim: $(STAMP)
 	$(BIN)/python bench/runway_sim.py $(SIM_ARGS)

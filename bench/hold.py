@@ -23,8 +23,9 @@ Reader modes, while one xmtpd-protocol writer process inserts all the time:
 
 Reported per size, mode and creator: the key-5 hold (median, p90, max; partitiond's from its executor,
 refused attempts included), bands not created (deferred, or timed out), the longest insert and the
-longest read that overlapped the creator's bands (end to end, so a creator's whole visit counts), and the
-median hold's ratio to xmtpd's cold path, measured side by side.
+longest read that overlapped the creator's bands (end to end, so a creator's whole visit counts, plus half
+a second after it: each writer re-plans its cached statements over the changed tree on its next insert),
+and the median hold's ratio to xmtpd's cold path, measured side by side.
 
     python bench/hold.py [--originators 4] [--sizes 160,640,2000] [--samples 10] [--readers 4]
                          [--modes none,serving,long reader]
@@ -60,6 +61,10 @@ WIDTH = 1000
 MODES = ("none", "serving", "long reader")
 IDLE_WINDOW = 0.05  # seconds: about one creation
 READER_PAUSE = 0.02  # between a reader's queries: busy, not saturating two cores
+# After a creation every writer backend re-plans its cached statements over the changed partition tree on
+# its next insert; that stall belongs to the creation, so each window is followed by this pause and extended
+# by it.
+SETTLE = 0.5
 # xmtpd's connections run with statement_timeout = XMTPD_DB_READ_TIMEOUT, 10 s by default; shorter here so
 # that a blocked cold path (a long blob reader makes v3's L1 re-attach wait) does not dominate the run.
 XMTPD_TIMEOUT = "2s"
@@ -271,6 +276,7 @@ def measure_mode(
                     oid = (sample * len(CREATORS) + turn) % originators + 1
                     creation = creator.create(conn, dsn, oid, next_band[oid] * WIDTH)
                     cells[creator.name].creations.append(creation)
+                    time.sleep(SETTLE)  # part of the measured window (see SETTLE), not a synchronisation
                     if creation.holds and not creation.deferred:
                         next_band[oid] += 1
     finally:

@@ -240,6 +240,21 @@ class Executor:
         staged = self._stage(band)
         if staged:
             self._scalar(WARM, {"oid": band["oid"], "budget_ms": max(1, round(s.hold_budget * 1000))})
+        done, hold = self._timed(planned, band, staged, holds)
+        if staged and done.existed and not self._scalar(BAND_EXISTS, band):
+            # A creator took a name of the band meanwhile but did not finish it: the full ensure does.
+            done, hold = self._timed(planned, band, False, holds)
+        elif staged and not done.existed:
+            self._staged = False  # rename + attach consumed what was staged
+        if done.steps:
+            done.steps["commit"] = max(0.0, hold - sum(done.steps.values()))
+        return done
+
+    def _timed(
+        self, planned: PlannedBand, band: dict[str, int], staged: bool, holds: list[float]
+    ) -> tuple[_Done, float]:
+        """The band's transaction; appends its key-5 hold to ``holds`` (also when it fails under key 5) and
+        turns a refusal into :class:`Deferred`."""
         try:
             done = self._band_transaction(planned, band, staged)
         except psycopg.Error as exc:
@@ -250,13 +265,8 @@ class Executor:
                 raise
             raise deferred from None
         assert self._granted is not None
-        hold = time.perf_counter() - self._granted
-        holds.append(hold)
-        if staged and not done.existed:
-            self._staged = False  # rename + attach consumed what was staged
-        if done.steps:
-            done.steps["commit"] = max(0.0, hold - sum(done.steps.values()))
-        return done
+        holds.append(time.perf_counter() - self._granted)
+        return done, holds[-1]
 
     def _band_transaction(self, planned: PlannedBand, band: dict[str, int], staged: bool) -> _Done:
         """BEGIN, the hold settings, key 5, the held statement, COMMIT (ROLLBACK when the band existed).
@@ -299,7 +309,7 @@ class Executor:
                 return _Done(existed=True)
             return _Done(existed=False, path="ensure", steps={"ensure": time.perf_counter() - started})
         result = self._scalar(ATTACH, {**band, "allow_slow": self._may_go_slow(planned)})
-        if result["status"] == "existed":
+        if result["status"] == "existed":  # taken meanwhile: whole, or half-built (see _attempt)
             return _Done(existed=True)
         return _Done(existed=False, path=result["path"], steps={k: v / 1000 for k, v in result["ms"].items()})
 

@@ -139,6 +139,28 @@ def test_a_band_created_by_a_creator_that_held_key_5_is_existed_not_a_name_clash
     assert leftovers(conn) == []
 
 
+def test_a_band_half_built_while_waiting_for_key_5_is_finished(conn: Conn, db_dsn: str) -> None:
+    """A creator that made only the meta child while partitiond waited (it crashed, say): the staged
+    attach finds a name taken, and partitiond finishes the band with the full ensure instead."""
+    ensure_band(conn, OID, 0)
+    outcomes: list[Outcome] = []
+    with psycopg.connect(db_dsn) as creator:
+        creator.execute("SELECT pg_advisory_xact_lock(5)")
+        waiter = threading.Thread(target=lambda: outcomes.append(ensure(db_dsn, WIDTH, hold_budget=1.0)))
+        waiter.start()
+        wait_for(lambda: waiting_for_key_5(conn) is not None, 20, "the executor to queue for key 5", 0.01)
+        creator.execute(
+            f"CREATE TABLE gateway_envelopes_meta_o{OID}_s{WIDTH}_{2 * WIDTH}"
+            f" PARTITION OF gateway_envelopes_meta_o{OID} FOR VALUES FROM ({WIDTH}) TO ({2 * WIDTH})"
+        )
+        creator.commit()
+    waiter.join(30)
+    assert [(o.status, o.path, len(o.holds)) for o in outcomes] == [("created", "ensure", 2)]
+    for tree in TREES:
+        assert l2_bounds(conn, tree, OID)[-1] == "FOR VALUES FROM ('1000000') TO ('2000000')"
+    assert leftovers(conn) == []
+
+
 def test_a_busy_key_5_defers_the_band_within_the_budget(conn: Conn, db_dsn: str) -> None:
     """A slow transaction holding the shared side: partitiond queues for at most the budget (every new
     insert queues behind it meanwhile), then gives up, and nothing is left staged."""

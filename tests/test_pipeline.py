@@ -282,3 +282,15 @@ def test_a_database_error_drops_the_kept_connection(conn: Conn, db_dsn: str) -> 
         assert backend_pid(kept, settings) != pid
     finally:
         kept.close()
+
+
+def test_the_hold_is_kept_below_the_servers_deadlock_timeout() -> None:
+    """A session waiting behind partitiond's key 5 runs the deadlock check after deadlock_timeout; the
+    hold must end before, so that partitiond, not xmtpd, is the one that gives up."""
+    settings = Settings(metrics_address="", hold_budget=0.1, hold_timeout=0.5)
+    assert pipeline.within_deadlock_timeout(settings, 1000) is settings
+    with structlog.testing.capture_logs() as logs:
+        clamped = pipeline.within_deadlock_timeout(settings, 200)
+        pipeline.within_deadlock_timeout(settings, 200)
+    assert (clamped.hold_timeout, clamped.hold_budget) == pytest.approx((0.16, 0.08))
+    assert [e["event"] for e in logs] == ["hold settings clamped below the server's deadlock_timeout"]

@@ -367,9 +367,9 @@ END
 $$;
 
 -- Step 3, under key 5; the caller has set lock_timeout to its hold budget, so no lock is waited for longer.
--- Returns {"status": "existed"} when the band was created by someone else while the caller waited for key
--- 5 (the caller rolls back), else {"status": "created", "path": ..., "ms": {step: milliseconds}}, the time
--- of each step for the caller's logs and metrics.
+-- Returns {"status": "existed"} when a final name was taken while the caller waited for key 5 (xmtpd's
+-- cold path made the band, or part of it: the caller rolls back and looks again), else {"status":
+-- "created", "path": ..., "ms": {step: milliseconds}}, the time of each step for logs and metrics.
 --
 -- The meta child is attached.  The blob child is best created with PARTITION OF: ATTACH would validate the
 -- foreign key into gateway_envelopes_meta with a query planned over EVERY meta partition (about 1 s at
@@ -400,13 +400,12 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     PERFORM partitiond_lock_creators();  -- also serialises with callers of the ensure that skip key 5
-    -- The lock ATTACH takes anyway, taken first: acquiring a relation lock makes this backend read the
-    -- invalidations of everything committed while it waited for key 5, so the checks below see a band that
-    -- xmtpd's cold path created meanwhile.  (A name looked up before the wait may still be cached as
-    -- missing; a lookup by bound reads pg_inherits afresh.)
-    EXECUTE format('LOCK TABLE %s IN SHARE UPDATE EXCLUSIVE MODE', v_meta_l1);
-    IF EXISTS (SELECT 1 FROM partitiond_l2_children(v_meta_l1) WHERE band_start < p_end AND band_end > p_start)
-       OR EXISTS (SELECT 1 FROM partitiond_l2_children(v_blob_l1) WHERE band_start < p_end AND band_end > p_start)
+    -- Did a creator make the band while the caller waited for key 5?  Read pg_class with this statement's
+    -- snapshot, which sees every commit before it: a name lookup through the catalog cache (to_regclass)
+    -- may still hold the "missing" it cached before the wait.  A creator with another band width would
+    -- overlap instead, and ATTACH refuses that (42P17).
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_class AS c
+               WHERE c.relnamespace = current_schema()::regnamespace AND c.relname = ANY (v_names::name[]))
     THEN
         RETURN jsonb_build_object('status', 'existed');
     END IF;
