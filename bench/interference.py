@@ -37,6 +37,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import re
 import signal
 import tempfile
 import threading
@@ -109,6 +110,7 @@ class Row:
     deferred: dict[str, int]
     max_hold: float
     bands_ok: bool
+    partitiond_in_deadlock: bool = False
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -333,7 +335,8 @@ def prepare(dsn: str, options: Options) -> None:
 def start_daemon(dsn: str, options: Options, log_path: Path, frozen: bool) -> Daemon:
     args = [
         *("--band-width", str(options.band_width), "--interval", "5s", "--jitter", "0"),
-        *("--probe-interval", f"{PROBE_INTERVAL:g}s", "--runway", "60s"),
+        # Bands last 20 s here: "runway left" (no slow path past a busy blob L1) means more than 5 s of it.
+        *("--probe-interval", f"{PROBE_INTERVAL:g}s", "--runway", "60s", "--slow-path-runway", "5s"),
         *("--lock-timeout", options.lock_timeout, "--idle-in-transaction-timeout", options.idle_timeout),
         *("--metrics-address", "", "--log-format", "json"),
     ]
@@ -396,6 +399,7 @@ def daemon_events(daemon: Daemon) -> tuple[int, Counter[str], float]:
 
 def run_row(cluster: LocalCluster, name: str, options: Options, work_dir: Path) -> Row:
     act = INTERFERERS[name]
+    log_offset = cluster.log_file.stat().st_size if cluster.log_file.exists() else 0
     with fresh_database(cluster, "interference_" + name.replace(" ", "_").replace("-", "_")) as dsn:
         with psycopg.connect(cluster.dsn(), autocommit=True) as admin:
             db = psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]
@@ -447,6 +451,10 @@ def run_row(cluster: LocalCluster, name: str, options: Options, work_dir: Path) 
             if daemon is not None:
                 daemon.stop()
         created, deferred, hold = daemon_events(daemon)
+    with cluster.log_file.open("rb") as server_log:
+        server_log.seek(log_offset)
+        cycles = deadlocks(server_log.read().decode("utf-8", errors="replace"))
+    ctx.notes += [f"deadlock between {' and '.join(sorted(cycle))}" for cycle in cycles]
     latencies = sorted(lat for r in reports for lat in r.latencies)
     errors = Counter[str]()
     for r in reports:
@@ -463,15 +471,36 @@ def run_row(cluster: LocalCluster, name: str, options: Options, work_dir: Path) 
         deferred=dict(deferred),
         max_hold=hold,
         bands_ok=not missing,
+        partitiond_in_deadlock=any("partitiond" in cycle for cycle in cycles),
         notes=ctx.notes,
     )
 
 
 @contextmanager
 def bench_cluster() -> Iterator[LocalCluster]:
+    """The cluster, logging every connection's application name, so that a deadlock in its log can be
+    traced to the sessions that made it (see :func:`deadlocks`)."""
     with throwaway_cluster(prefix="partitiond-interference-") as cluster:
+        with psycopg.connect(cluster.dsn(), autocommit=True) as admin:
+            admin.execute("ALTER SYSTEM SET log_connections = on")
+            admin.execute("SELECT pg_reload_conf()")
         create_template(cluster)
         yield cluster
+
+
+_CONNECTION = re.compile(r"\[(\d+)\] LOG:  connection authorized: .*application_name=(\S+)")
+_DEADLOCK_EDGE = re.compile(r"Process (\d+) waits for [^;]*; blocked by process (\d+)")
+
+
+def deadlocks(log_text: str) -> list[set[str]]:
+    """For each deadlock the server reported, the application names of the sessions in the cycle."""
+    names = {pid: app.rstrip(",") for pid, app in _CONNECTION.findall(log_text)}
+    cycles = []
+    for report in log_text.split("deadlock detected")[1:]:
+        detail = report.split("HINT:", 1)[0]
+        pids = {pid for edge in _DEADLOCK_EDGE.findall(detail) for pid in edge}
+        cycles.append({names.get(pid, f"pid {pid}") for pid in pids})
+    return cycles
 
 
 def render(options: Options, rows: Sequence[Row]) -> list[str]:
@@ -492,6 +521,8 @@ def render(options: Options, rows: Sequence[Row]) -> list[str]:
             f"{r.created} | {deferred} | {r.max_hold * 1000:.1f} | {'yes' if r.bands_ok else '**no**'} |"
         )
     notes = [f"* {r.name}: {note}" for r in rows for note in r.notes]
+    if any(r.partitiond_in_deadlock for r in rows):
+        notes.append("* **partitiond was part of a deadlock** (see above)")
     return lines + (["", *notes] if notes else [])
 
 

@@ -25,6 +25,7 @@ from partitiond.config import Settings
 
 STALL_BOUND = 1.0
 IDLE_TIMEOUT = 2.0  # the benchmark's --idle-in-transaction-timeout
+DEADLOCK_TIMEOUT = 1.0  # the server's, in these rows
 CONNECTION_CUT = {"08000", "08006", "57P01", "57P03"}  # what a restart does to every session
 
 
@@ -59,17 +60,22 @@ def run(
 @pytest.mark.parametrize("name", list(INTERFERERS))
 def test_no_interferer_makes_partitiond_hurt_xmtpd(cluster: LocalCluster, tmp_path: Path, name: str) -> None:
     row = run(cluster, tmp_path, name)
-    if name == "restart":
-        assert set(row.errors) <= CONNECTION_CUT
-    else:
-        assert row.errors == {}
+    # xmtpd's pruner and its writers can deadlock on their own (the pruner's DROP … CASCADE locks the blob
+    # tree, then the meta tree): such a 40P01 is allowed when the server log shows partitiond was not in it.
+    assert not row.partitiond_in_deadlock
+    xmtpd_only = sum("deadlock between" in note for note in row.notes)
+    errors = {k: v for k, v in row.errors.items() if not (name == "restart" and k in CONNECTION_CUT)}
+    if errors.get("40P01", 0) <= xmtpd_only:
+        errors.pop("40P01", None)
+    assert errors == {}
     assert row.bands_ok
     assert row.inserts > 0
     if name == "frozen partitiond":
         assert any("frozen while holding key 5" in note for note in row.notes)
         assert row.max_stall < IDLE_TIMEOUT + STALL_BOUND
     else:
-        assert row.max_stall < STALL_BOUND
+        deadlock_wait = DEADLOCK_TIMEOUT if xmtpd_only else 0.0  # a writer waited in xmtpd's own cycle
+        assert row.max_stall < STALL_BOUND + deadlock_wait
         assert row.max_hold < Settings().hold_timeout + 0.1
 
 
@@ -81,5 +87,6 @@ def test_no_lock_cycle_with_xmtpds_creator_at_the_worst_timeouts(
     waited for key 5 holding the L1s the creator re-attaches.  Now it waits holding nothing."""
     row = run(cluster, tmp_path, "v3 creator", lock_timeout="2s", deadlock_timeout="200ms")
     assert row.errors == {}
+    assert not any("deadlock" in note for note in row.notes)
     assert row.bands_ok
     assert row.max_stall < STALL_BOUND

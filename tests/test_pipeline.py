@@ -294,3 +294,17 @@ def test_the_hold_is_kept_below_the_servers_deadlock_timeout() -> None:
         pipeline.within_deadlock_timeout(settings, 200)
     assert (clamped.hold_timeout, clamped.hold_budget) == pytest.approx((0.16, 0.08))
     assert [e["event"] for e in logs] == ["hold settings clamped below the server's deadlock_timeout"]
+
+
+def test_a_full_run_drops_what_a_killed_run_left_staged(conn: Conn, db_dsn: str) -> None:
+    """Staged tables are committed before key 5, so a run killed before attaching them leaves them: the
+    leader's next full run drops them, and says so."""
+    seed_rows(conn, 100, [10])
+    conn.execute("SELECT partitiond_stage_table(100, 1000000, 2000000, true)")
+    assert leftovers(conn) == ["partitiond_stage_blob_o100_s1000000"]
+    with structlog.testing.capture_logs() as logs:
+        report = run(db_dsn, originators=(100,))
+    assert report.exit_code == 0
+    assert leftovers(conn) == []
+    [dropped] = [e for e in logs if e["event"] == "dropped staged tables an interrupted run left behind"]
+    assert dropped["tables"] == 1
