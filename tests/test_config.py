@@ -198,6 +198,11 @@ def test_bad_originators(text: str) -> None:
         ("lock_timeout", "0"),
         ("lock_timeout", "61s"),
         ("statement_timeout", "0"),
+        ("hold_budget", "0"),
+        ("hold_budget", "2s"),
+        ("hold_timeout", "0"),
+        ("idle_in_transaction_timeout", "10ms"),
+        ("slow_path_runway", "-1s"),
         ("connect_timeout", "500ms"),
         ("connect_timeout", "1.5"),
         ("protocol_lock_key", str(2**63)),
@@ -260,6 +265,15 @@ def test_jitter_must_stay_below_interval_blames_what_the_user_set() -> None:
     error = config_error(env={"PARTITIOND_INTERVAL": "20s"})
     assert error.option == "interval"
     assert str(error) == "PARTITIOND_INTERVAL must be greater than jitter (30s), got 20s"
+
+
+def test_the_hold_budget_must_stay_below_the_hold_timeout() -> None:
+    error = config_error({"hold_budget": "600ms"})
+    assert (error.option, str(error)) == (
+        "hold_budget",
+        "--hold-budget must be less than hold_timeout (500ms), got 600ms",
+    )
+    assert load({"hold_budget": "600ms", "hold_timeout": "1s"}).hold_budget == 0.6
 
 
 def test_probe_interval_must_stay_below_interval_unless_off() -> None:
