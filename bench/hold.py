@@ -16,6 +16,7 @@ Reader modes, while one xmtpd-protocol writer process inserts all the time:
 * ``none``: no reader;
 * ``serving``: reader processes in a loop, like a serving node: blob reads by key and topic queries joining
   meta and blob, one originator each, every originator in turn, a short pause between queries;
+* ``quiet``: not even the writer: the hold alone, as on an idle machine (not in the default modes);
 * ``long reader``: one transaction that read ``gateway_envelopes_blob`` and stays open.  partitiond's
   cheap blob step (PARTITION OF) needs the blob L1 to itself; with runway left it defers the band rather
   than validating the blob foreign key under key 5.  xmtpd's v3 cold path re-attaches the L1, which
@@ -56,9 +57,10 @@ from partitiond.planner import PlannedBand
 from partitiond.xmtpd_writer import LazyWriter
 
 Conn = psycopg.Connection[Any]
+Calls = tuple[str, list[tuple[float, float]]]  # a load process's kind and its (wall start, latency) per call
 KEY = 5
 WIDTH = 1000
-MODES = ("none", "serving", "long reader")
+MODES = ("none", "serving", "long reader", "quiet")
 IDLE_WINDOW = 0.05  # seconds: about one creation
 READER_PAUSE = 0.02  # between a reader's queries: busy, not saturating two cores
 # After a creation every writer backend re-plans its cached statements over the changed partition tree on
@@ -149,9 +151,7 @@ CREATORS = (
 # --- load: one writer, readers ------------------------------------------------------------------------
 
 
-def load_process(
-    dsn: str, kind: str, originators: int, stop: EventType, out: QueueType[list[tuple[float, float]]]
-) -> None:
+def load_process(dsn: str, kind: str, originators: int, stop: EventType, out: QueueType[Calls]) -> None:
     """``writer``: xmtpd-protocol inserts, again and again into band 0 of originator 1 (ON CONFLICT DO
     NOTHING keeps the table small; the locks are those of any insert).  ``reader``: alternately a blob
     read by key and a topic query across all originators.  Sends back (wall start, latency) per call."""
@@ -170,28 +170,29 @@ def load_process(
             done.append((began, time.perf_counter() - t))
             i += 1
             stop.wait(0.01 if kind == "writer" else READER_PAUSE)  # paced: 100 inserts/s, a serving reader
-    out.put(done)
+    out.put((kind, done))
 
 
 @dataclass
 class Load:
     stop: EventType
-    out: QueueType[list[tuple[float, float]]]
+    out: QueueType[Calls]
     procs: list[Any] = field(default_factory=list)
 
     def finish(self) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
-        """Stop everything; (writer calls, reader calls)."""
+        """Stop everything; (the writer's calls, the readers' calls)."""
         self.stop.set()
-        results = [self.out.get(timeout=120) for _ in self.procs]
+        results = [self.out.get(timeout=120) for _ in self.procs]  # in the order they finish
         for proc in self.procs:
             proc.join(30)
-        return results[0], [call for r in results[1:] for call in r]
+        writes = [call for kind, calls in results if kind == "writer" for call in calls]
+        return writes, [call for kind, calls in results if kind == "reader" for call in calls]
 
 
-def start_load(dsn: str, readers: int, originators: int) -> Load:
+def start_load(dsn: str, readers: int, originators: int, writer: bool = True) -> Load:
     mp = multiprocessing.get_context("spawn")
     load = Load(mp.Event(), mp.Queue())
-    for kind in ["writer", *["reader"] * readers]:
+    for kind in ["writer"] * writer + ["reader"] * readers:
         proc = mp.Process(
             target=load_process, args=(dsn, kind, originators, load.stop, load.out), daemon=True
         )
@@ -266,7 +267,7 @@ def measure_mode(
     dsn: str, mode: str, originators: int, samples: int, readers: int, next_band: dict[int, int]
 ) -> dict[str, Cell]:
     cells = {c.name: Cell() for c in CREATORS}
-    load = start_load(dsn, readers if mode == "serving" else 0, originators)
+    load = start_load(dsn, readers if mode == "serving" else 0, originators, writer=mode != "quiet")
     try:
         with psycopg.connect(dsn, autocommit=True) as conn, long_reader(dsn, mode == "long reader"):
             time.sleep(1.0)  # let the load processes connect and settle: load generation, not synchronisation
@@ -304,7 +305,7 @@ def render(size: int, mode: str, cells: dict[str, Cell]) -> list[str]:
         else:
             figures, ratio = "- | - | -", "-"
         deferred = "-" if name == "idle" else str(cell.deferred)
-        reads = f"{cell.reader_max * 1000:.1f}" if mode != "none" else "-"
+        reads = f"{cell.reader_max * 1000:.1f}" if mode in ("serving", "long reader") else "-"
         lines.append(
             f"| {name} | {figures} | {deferred} | {cell.writer_max * 1000:.1f} | {reads} | {ratio} |"
         )
@@ -336,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--sizes", type=csv_ints, default=[160, 640, 2000], help="meta partitions, per size")
     parser.add_argument("--samples", type=int, default=10, choices=range(1, 1001), metavar="1..1000")
     parser.add_argument("--readers", type=int, default=4, choices=range(0, 65), metavar="0..64")
-    parser.add_argument("--modes", type=modes, default=list(MODES))
+    parser.add_argument("--modes", type=modes, default=list(MODES[:3]), help=f"of {', '.join(MODES)}")
     args = parser.parse_args(argv)
     print(
         f"$ python bench/hold.py --originators {args.originators} --sizes {','.join(map(str, args.sizes))} "
