@@ -57,7 +57,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
 from multiprocessing.context import SpawnContext
 from multiprocessing.process import BaseProcess
 from multiprocessing.queues import Queue as QueueType
@@ -405,18 +404,6 @@ class Daemon(DemoDaemon):
             return None
         fields = stat.rsplit(")", 1)[1].split()  # the command name may hold spaces; it ends at the last ")"
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def events(self) -> list[tuple[float, dict[str, Any]]]:
-        """Every JSON line of partitiond's log with its wall-clock time."""
-        events = []
-        for line in self.log.path.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                event = json.loads(line)
-                at = datetime.fromisoformat(str(event["timestamp"])).timestamp()
-            except (ValueError, TypeError, KeyError):
-                continue
-            events.append((at, event))
-        return events
 
 
 def measure_with_daemon(dsn: str, options: Options, round_no: int, work_dir: Path) -> ModeRun:

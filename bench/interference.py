@@ -55,6 +55,7 @@ import psycopg
 from psycopg import sql
 
 from bench.hotpath import create_template, fresh_database
+from partitiond.catalog import latest_positions
 from partitiond.child import Daemon
 from partitiond.cluster import LocalCluster, throwaway_cluster
 from partitiond.faults import ENV as FAULT_ENV
@@ -182,18 +183,13 @@ def _hold(ctx: Context, statements: Sequence[str]) -> None:
         conn.rollback()
 
 
-def _latest(conn: Conn) -> dict[int, int]:
-    rows = conn.execute("SELECT originator_node_id, originator_sequence_id FROM gateway_envelopes_latest")
-    return {int(oid): int(seq) for oid, seq in rows}
-
-
 def v3_creator(ctx: Context) -> None:
     """xmtpd's EnsureGatewayPartitions for each originator's next band, racing partitiond."""
     width, end = ctx.options.band_width, ctx.until()
     with psycopg.connect(ctx.dsn, autocommit=True, application_name="xmtpd-v3-creator") as conn:
         conn.execute("SET statement_timeout = '10s'")  # xmtpd's connections
         while time.monotonic() < end and not ctx.stop.is_set():
-            for oid, seq in _latest(conn).items():
+            for oid, seq in latest_positions(conn, "public").items():
                 if oid not in ctx.options.originator_ids:
                     continue
                 try:
@@ -350,7 +346,7 @@ def wait_for_writers(dsn: str, options: Options) -> None:
     deadline = time.monotonic() + 60
     with psycopg.connect(dsn, autocommit=True) as conn:
         while time.monotonic() < deadline:
-            positions = _latest(conn)
+            positions = latest_positions(conn, "public")
             if all(positions.get(oid, -1) >= first_id(options, oid) for oid in options.originator_ids):
                 return
             time.sleep(0.05)  # polling with a deadline
@@ -384,13 +380,7 @@ def _exists(conn: Conn, oid: int, start: int, width: int) -> bool:
 def daemon_events(daemon: Daemon) -> tuple[int, Counter[str], float]:
     """Bands created, deferrals by reason and the longest key-5 hold (seconds), from partitiond's log."""
     created, deferred, hold = 0, Counter[str](), 0.0
-    for line in daemon.log.path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if not isinstance(event, dict):
-            continue
+    for _, event in daemon.events():
         created += event.get("event") == "band created"
         deferred.update(str(reason) for reason in event.get("deferrals") or ())
         hold = max([hold, *(float(ms) / 1000 for ms in event.get("key5_hold_ms") or ())])

@@ -15,8 +15,9 @@ import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 FIRST_RUN_DEADLINE = 30.0
 DAEMON_STOP_TIMEOUT = 15.0
@@ -131,6 +132,18 @@ class Daemon:
                 raise DaemonError(f"partitiond exited with {self.proc.returncode}:\n{self.log.tail()}")
             time.sleep(0.1)
         raise DaemonError(f"partitiond did not finish its first run within {deadline:g}s:\n{self.log.tail()}")
+
+    def events(self) -> list[tuple[float, dict[str, Any]]]:
+        """Every JSON line of partitiond's log with its wall-clock time."""
+        events = []
+        for line in self.log.path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                event = json.loads(line)
+                at = datetime.fromisoformat(str(event["timestamp"])).timestamp()
+            except (ValueError, TypeError, KeyError):
+                continue
+            events.append((at, event))
+        return events
 
     def stop(self) -> int:
         """SIGTERM, then wait; kill only if the graceful shutdown hangs.  Returns the exit code."""

@@ -362,3 +362,12 @@ def test_staging_refuses_an_impossible_band(conn: Conn, start: int, end: int) ->
         with pytest.raises(psycopg.errors.InvalidParameterValue, match="no such band"):
             conn.execute("SELECT partitiond_stage_table(%s, %s, %s, %s)", [OID, start, end, blob])
     assert leftovers(conn) == []
+
+
+def test_attaching_for_an_originator_without_l1s_is_refused(conn: Conn) -> None:
+    """The held step derives its parents from the originator; with none there it refuses (22023) and
+    creates nothing, instead of attaching anywhere else."""
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="no L1 partition"):
+        conn.execute("SELECT partitiond_attach_staged(%s, %s, %s, false)", [OID, 0, WIDTH])
+    assert l2_bounds(conn, "gateway_envelopes_meta", OID) == []
+    assert leftovers(conn) == []

@@ -7,11 +7,14 @@ import time
 import psycopg
 import pytest
 import structlog
+from prometheus_client.parser import text_string_to_metric_families
 
 from partitiond import pipeline
 from partitiond.cluster import LocalCluster
 from partitiond.config import Settings
 from partitiond.forecast import RateEstimator
+from partitiond.metrics import Metrics
+from partitiond.report import record
 
 from .pgtools import (
     TREES,
@@ -308,3 +311,24 @@ def test_a_full_run_drops_what_a_killed_run_left_staged(conn: Conn, db_dsn: str)
     assert leftovers(conn) == []
     [dropped] = [e for e in logs if e["event"] == "dropped staged tables an interrupted run left behind"]
     assert dropped["tables"] == 1
+
+
+def test_the_key_5_hold_and_deferrals_reach_the_metrics(conn: Conn, db_dsn: str) -> None:
+    """A created band's hold (and its split by statement) and a deferred band's reason are exported."""
+    seed_rows(conn, 100, [800_000])  # the next band is due
+    seed_rows(conn, 900, [1])
+    metrics = Metrics()
+    record(metrics, run(db_dsn, originators=(100,)))
+    with psycopg.connect(db_dsn) as holder:
+        hold_lock(holder, "row exclusive on meta")  # a writer outside the protocol: pre-flight defers
+        record(metrics, run(db_dsn, originators=(100, 200), lock_attempts=1))
+        holder.rollback()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(metrics.render().decode())
+        for s in family.samples
+    }
+    assert samples[("partitiond_key5_hold_seconds_count", ())] == 1
+    for step in ("check", "blob_lock", "meta", "blob", "commit"):
+        assert samples[("partitiond_key5_hold_step_seconds_count", (("step", step),))] == 1
+    assert samples[("partitiond_band_deferrals_total", (("reason", "lock_busy"),))] == 1
