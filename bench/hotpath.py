@@ -63,7 +63,7 @@ from multiprocessing.queues import Queue as QueueType
 from multiprocessing.synchronize import Barrier as BarrierType
 from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from psycopg import sql
@@ -256,7 +256,17 @@ class Window:
     next_ids: dict[int, int]  # per originator, the id the first measured insert got
 
 
-def first_id(options: Options, oid: int) -> int:
+class Spread(Protocol):
+    """What :func:`first_id` needs of a benchmark's options."""
+
+    @property
+    def band_width(self) -> int: ...
+
+    @property
+    def originators(self) -> int: ...
+
+
+def first_id(options: Spread, oid: int) -> int:
     """Originators start spread over the first band, as real ones sit anywhere in theirs: at equal paces,
     equal starts would make every originator cross at the same moment, for ever."""
     return 1 + (oid - 1) * options.band_width // options.originators

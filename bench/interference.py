@@ -54,7 +54,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from bench.hotpath import create_template, fresh_database
+from bench.hotpath import create_template, first_id, fresh_database
 from partitiond.catalog import latest_positions
 from partitiond.child import Daemon
 from partitiond.cluster import LocalCluster, throwaway_cluster
@@ -308,15 +308,11 @@ INTERFERERS: dict[str, Callable[[Context], None]] = {
 # --- one row -----------------------------------------------------------------------------------------
 
 
-def first_id(options: Options, oid: int) -> int:
-    """Originators start spread over their first band, so their crossings come at different moments; the
-    last one past the fill threshold, so that partitiond's first run creates a band (the frozen row needs
-    one while the writers write)."""
-    return 1 + (oid - 1) * options.band_width // options.originators
-
-
 def prepare(dsn: str, options: Options) -> None:
-    """Band 0 and a first envelope for every originator (xmtpd's way), and old empty bands for the pruner."""
+    """Band 0 and a first envelope for every originator (xmtpd's way), and old empty bands for the pruner.
+    Originators start spread over their first band (:func:`first_id`); with 4 of them the last starts
+    past the fill threshold, so partitiond's first run creates a band (the frozen row needs one while the
+    writers write)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         writer = LazyWriter(conn, band_width=options.band_width)
         for oid in options.originator_ids:

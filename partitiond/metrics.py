@@ -75,9 +75,10 @@ _SAMPLE_SUFFIXES = {
 class Metrics:
     """Every metric partitiond exports, on a private registry.
 
-    Label values with a closed set (run results, failure reasons, tables and levels, no-op reasons) are
-    created at zero up front, so ``rate()`` and ``increase()`` work from the first scrape and alerts do
-    not depend on a series appearing.  ``probes`` is left open: its results are the caller's vocabulary.
+    Label values with a closed set (run results, failure and deferral reasons, hold steps, tables and
+    levels, no-op reasons) are created at zero up front, so ``rate()`` and ``increase()`` work from the
+    first scrape and alerts do not depend on a series appearing.  ``probes`` is left open: its results are
+    the caller's vocabulary.
     """
 
     def __init__(self) -> None:
@@ -206,6 +207,8 @@ class Metrics:
             self.ensure_failures.labels(reason=reason)
         for reason in DEFERRAL_REASONS:
             self.deferrals.labels(reason=reason)
+        for step in HOLD_STEPS:
+            self.key5_hold_step.labels(step=step)
         for table in TABLES:
             for level in LEVELS:
                 self.partitions_created.labels(table=table, level=level)
