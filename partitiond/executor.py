@@ -10,7 +10,9 @@ as holding.  One band, in order:
    without taking key 5.
 2. ``partitiond_preflight``: if a session holds a lock the band's DDL would wait for (VACUUM or ANALYZE on a
    meta partition, an open transaction that wrote to ``payers``, the pruner's DROP), the band is deferred
-   *before* key 5, so inserts are not stalled for the budget just to find out.
+   *before* key 5, so inserts are not stalled for the budget just to find out.  While the originator has
+   runway, a reader of its blob L1 seen twice counts too (reason ``blob_read``): the fast blob step would
+   wait for it under key 5.
 3. ``partitiond_stage_table`` (meta, then blob), each an autocommit statement under ``lock_timeout``: the
    band's two tables are created unattached under private names and committed.  The one lock each takes on
    an xmtpd table (ACCESS SHARE on the L1, for LIKE) is its first, so it waits holding nothing, and it is
@@ -64,7 +66,7 @@ DEFERRAL_REASONS = ("lock_busy", "stage_busy", "key5_busy", "held_lock", "blob_r
 BLOB_BUSY = "PD001"  # partitiond_attach_staged: the blob L1 is being read and the slow path is not allowed
 
 BAND_EXISTS = "SELECT partitiond_band_exists(%(oid)s, %(start)s, %(end)s)"
-PREFLIGHT = "SELECT partitiond_preflight(%(oid)s, %(key)s)"
+PREFLIGHT = "SELECT partitiond_preflight(%(oid)s, %(key)s, %(readers)s)"
 STAGE = "SELECT partitiond_stage_table(%(oid)s, %(start)s, %(end)s, %(blob)s)"
 WARM = "SELECT partitiond_warm(%(oid)s, %(budget_ms)s)"
 ATTACH = "SELECT partitiond_attach_staged(%(oid)s, %(start)s, %(end)s, %(allow_slow)s)"
@@ -234,9 +236,11 @@ class Executor:
         s = self.settings
         if self._scalar(BAND_EXISTS, band):
             return _Done(existed=True)
-        busy = self._scalar(PREFLIGHT, {"oid": band["oid"], "key": s.protocol_lock_key})
+        readers = not self._may_go_slow(planned)  # the fast blob step must wait for them; the slow one not
+        busy = self._scalar(PREFLIGHT, {"oid": band["oid"], "key": s.protocol_lock_key, "readers": readers})
         if busy:
-            raise Deferred("lock_busy", f"{busy}: not taking key 5 now")
+            reason = "blob_read" if busy.startswith("AccessShareLock ") else "lock_busy"
+            raise Deferred(reason, f"{busy}: not taking key 5 now")
         staged = self._stage(band)
         if staged:
             self._scalar(WARM, {"oid": band["oid"], "budget_ms": max(1, round(s.hold_budget * 1000))})

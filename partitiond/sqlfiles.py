@@ -14,14 +14,14 @@ import psycopg
 from psycopg import sql
 
 # Bump whenever anything under sql/functions/ changes; run/check compare it with the installed marker.
-SQL_VERSION = 3
+SQL_VERSION = 4
 VERSION_MARKER = f"partitiond sql-version {SQL_VERSION}"
 ENSURE_SIGNATURE = "ensure_gateway_parts_v4(integer, bigint, bigint)"
 # What the executor calls besides the ensure: its lock-free existence check, its pre-flight look at who holds
 # the locks a band needs, and its staged creation path (stage, warm, attach under key 5, clean up).
 EXECUTOR_SIGNATURES = (
     "partitiond_band_exists(integer, bigint, bigint)",
-    "partitiond_preflight(integer, bigint)",
+    "partitiond_preflight(integer, bigint, boolean)",
     "partitiond_stage_table(integer, bigint, bigint, boolean)",
     "partitiond_warm(integer, integer)",
     "partitiond_attach_staged(integer, bigint, bigint, boolean)",

@@ -212,6 +212,8 @@ $$;
 DROP FUNCTION IF EXISTS partitiond_try_lock_exclusive(regclass);
 DROP FUNCTION IF EXISTS partitiond_stage_band(integer, bigint, bigint);
 DROP FUNCTION IF EXISTS partitiond_attach_staged(integer, bigint, bigint, regclass[]);
+DROP FUNCTION IF EXISTS partitiond_preflight(integer, bigint);
+DROP FUNCTION IF EXISTS partitiond_lock_holders(integer, bigint);
 
 -- partitiond's own creation path for a plain new band (both L1s there, nothing of the band there yet).
 -- Everything done while key 5 is held stalls every insert, and anything partitiond holds while it WAITS
@@ -291,14 +293,18 @@ $$;
 -- Sessions holding a lock that creating a band of originator p_oid would have to wait for.  Creating a
 -- band takes SHARE ROW EXCLUSIVE on payers, blockchain_messages, both top-level tables and every meta
 -- partition (foreign keys), and SHARE UPDATE EXCLUSIVE or more on the two L1s.  Not counted: ROW EXCLUSIVE
--- held by a session that holds the shared side of key 5 (an xmtpd insert: key 5 itself excludes it), and
--- weak locks on the blob L1 (readers: the hold budget bounds the wait for them).  pg_locks is read once.
-CREATE OR REPLACE FUNCTION partitiond_lock_holders(p_oid int, p_key bigint)
+-- held by a session that holds the shared side of key 5 (an xmtpd insert: key 5 itself excludes it).
+-- Readers (ACCESS SHARE) of the blob L1 count only with p_readers: the fast blob step (PARTITION OF) needs
+-- that L1 to itself, the slow one does not.  pg_locks is read once.
+CREATE OR REPLACE FUNCTION partitiond_lock_holders(p_oid int, p_key bigint, p_readers boolean DEFAULT false)
 RETURNS TABLE (pid int, vxid text, what text)
 LANGUAGE sql STABLE
 SET search_path FROM CURRENT
 AS $$
-    WITH RECURSIVE meta_tree(rel) AS (  -- from pg_inherits: pg_partition_tree() would lock every partition
+    WITH RECURSIVE blob_l1(rel) AS (
+        SELECT partitiond_l1_child(format('%I.%I', current_schema(), 'gateway_envelopes_blob')::regclass, p_oid)
+    ),
+    meta_tree(rel) AS (  -- from pg_inherits: pg_partition_tree() would lock every partition
         SELECT format('%I.%I', current_schema(), 'gateway_envelopes_meta')::regclass
         UNION ALL
         SELECT i.inhrelid::regclass FROM pg_catalog.pg_inherits AS i
@@ -311,7 +317,7 @@ AS $$
         SELECT to_regclass(format('%I.%I', current_schema(), t))
         FROM unnest(ARRAY['payers', 'blockchain_messages', 'gateway_envelopes_blob']) AS t
         UNION ALL
-        SELECT partitiond_l1_child(format('%I.%I', current_schema(), 'gateway_envelopes_blob')::regclass, p_oid)
+        SELECT rel FROM blob_l1
     ),
     locks AS MATERIALIZED (SELECT * FROM pg_catalog.pg_locks WHERE granted AND pid <> pg_catalog.pg_backend_pid()),
     protocol AS (  -- sessions holding the shared side of key 5: xmtpd inserts in flight
@@ -327,6 +333,12 @@ AS $$
       AND (l.mode IN ('ShareUpdateExclusiveLock', 'ShareLock', 'ShareRowExclusiveLock', 'ExclusiveLock',
                       'AccessExclusiveLock')
            OR (l.mode = 'RowExclusiveLock' AND l.pid NOT IN (SELECT protocol.pid FROM protocol)))
+    UNION ALL
+    SELECT l.pid, l.virtualtransaction, format('%s on %s held by pid %s', l.mode, l.relation::regclass, l.pid)
+    FROM locks AS l
+    JOIN blob_l1 ON blob_l1.rel = l.relation
+    WHERE p_readers AND l.locktype = 'relation' AND l.mode = 'AccessShareLock'
+      AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())
 $$;
 
 -- Who holds a lock the band would wait for, if anybody (NULL otherwise): read BEFORE key 5, so that
@@ -334,20 +346,24 @@ $$;
 -- holder seen twice, 10 ms apart, in the same transaction counts: pg_locks is not one atomic picture (a
 -- backend's fast-path locks are read before the shared lock table), so an xmtpd insert caught between two
 -- transactions could look like a writer outside the protocol for an instant.  This is a hint, not a
--- guarantee: the hold budget still bounds every wait under key 5.
-CREATE OR REPLACE FUNCTION partitiond_preflight(p_oid int, p_key bigint)
+-- guarantee: the hold budget still bounds every wait under key 5.  With p_readers, a reader of the blob L1
+-- seen twice counts too (its text starts with AccessShareLock): a read that outlasts 10 ms is likely to
+-- outlast the budget, and deferring now costs the inserts nothing, where a refusal under key 5 stalls
+-- them all for the budget.
+CREATE OR REPLACE FUNCTION partitiond_preflight(p_oid int, p_key bigint, p_readers boolean)
 RETURNS text
 LANGUAGE plpgsql
 SET search_path FROM CURRENT
 AS $$
 DECLARE
-    v_first text[] := ARRAY(SELECT h.pid || '/' || h.vxid || '/' || h.what FROM partitiond_lock_holders(p_oid, p_key) AS h);
+    v_first text[] := ARRAY(SELECT h.pid || '/' || h.vxid || '/' || h.what
+                            FROM partitiond_lock_holders(p_oid, p_key, p_readers) AS h);
 BEGIN
     IF cardinality(v_first) = 0 THEN
         RETURN NULL;
     END IF;
     PERFORM pg_catalog.pg_sleep(0.01);
-    RETURN (SELECT h.what FROM partitiond_lock_holders(p_oid, p_key) AS h
+    RETURN (SELECT h.what FROM partitiond_lock_holders(p_oid, p_key, p_readers) AS h
             WHERE h.pid || '/' || h.vxid || '/' || h.what = ANY (v_first)
             ORDER BY h.pid LIMIT 1);
 END

@@ -22,7 +22,7 @@ ALTER FUNCTION ensure_gateway_parts_v4(integer, bigint, bigint) SECURITY DEFINER
 ALTER FUNCTION partitiond_band_exists(integer, bigint, bigint) SECURITY DEFINER;
 -- The executor's own creation path: before key 5 look for lock holders, stage a band's tables and warm the
 -- caches; under key 5 attach them; afterwards drop what an interrupted attempt left behind.
-ALTER FUNCTION partitiond_preflight(integer, bigint) SECURITY DEFINER;
+ALTER FUNCTION partitiond_preflight(integer, bigint, boolean) SECURITY DEFINER;
 ALTER FUNCTION partitiond_stage_table(integer, bigint, bigint, boolean) SECURITY DEFINER;
 ALTER FUNCTION partitiond_warm(integer, integer) SECURITY DEFINER;
 ALTER FUNCTION partitiond_attach_staged(integer, bigint, bigint, boolean) SECURITY DEFINER;
