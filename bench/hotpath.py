@@ -71,7 +71,7 @@ from psycopg import sql
 from partitiond import sqlfiles
 from partitiond.child import Daemon as DemoDaemon
 from partitiond.cluster import LocalCluster, throwaway_cluster
-from partitiond.demo import percentile
+from partitiond.demo_report import percentile
 from partitiond.xmtpd_writer import LazyWriter, WriterStats
 
 MODES = ("lazy", "partitiond")

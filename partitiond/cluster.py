@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from partitiond import pgbinaries
+
 SERVER_OS_USER = "postgres"
 FAST_SETTINGS = {
     "fsync": "off",
@@ -36,15 +38,23 @@ class ClusterError(RuntimeError):
     """The throwaway cluster could not be created, started or stopped."""
 
 
-def find_bindir() -> Path:
+def find_bindir(postgres: str | None = None) -> Path:
     """Locate the directory holding ``initdb``, ``pg_ctl`` and ``postgres``.
 
-    Debian puts nothing on PATH for the server, so we ask ``pg_config`` first, then look in Debian's
-    versioned directories (newest first), then PATH.  ``PARTITIOND_PG_BINDIR`` overrides everything.
+    ``PARTITIOND_PG_BINDIR`` overrides everything.  ``postgres`` (default: ``PARTITIOND_PG``) set to a
+    major (15 to 18) picks the pinned build of that major from :mod:`partitiond.pgbinaries` (fetched once,
+    then cached).  Otherwise, or with ``system``, the installed server: Debian puts nothing on PATH for it,
+    so we ask ``pg_config`` first, then look in Debian's versioned directories (newest first), then PATH.
     """
     candidates: list[Path] = []
+    choice = postgres or os.environ.get("PARTITIOND_PG") or "system"
     if override := os.environ.get("PARTITIOND_PG_BINDIR"):
         candidates.append(Path(override))
+    elif choice != "system":
+        try:
+            return pgbinaries.bindir(pgbinaries.parse_major(choice))
+        except pgbinaries.BinariesError as exc:
+            raise ClusterError(f"PostgreSQL {choice}: {exc}") from None
     if pg_config := shutil.which("pg_config"):
         with contextlib.suppress(subprocess.CalledProcessError, OSError):
             out = subprocess.run([pg_config, "--bindir"], check=True, capture_output=True, text=True).stdout
@@ -62,7 +72,8 @@ def find_bindir() -> Path:
             return bindir
     raise ClusterError(
         "PostgreSQL server binaries (initdb, pg_ctl) not found. Install them, e.g. on Debian: "
-        "`sudo apt-get install postgresql`, or set PARTITIOND_PG_BINDIR to their directory."
+        "`sudo apt-get install postgresql`, set PARTITIOND_PG to a major (15-18) to use a pinned build, "
+        "or set PARTITIOND_PG_BINDIR to their directory."
     )
 
 

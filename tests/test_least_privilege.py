@@ -18,7 +18,7 @@ from psycopg import errors, sql
 from partitiond import sqlfiles
 from partitiond.cluster import LocalCluster
 
-from .pgtools import TREES, l2_bounds, seed_rows
+from .pgtools import TREES, l2_bounds, seed_rows, server_major
 from .test_cli import cli
 
 
@@ -78,6 +78,32 @@ def test_a_role_with_only_execute_runs_partitiond_but_cannot_create_tables(roles
             " WHERE relname LIKE 'gateway_envelopes_%_o%'"
         ).fetchall()
         assert owners == [(roles.owner,)]
+
+
+def test_the_runtime_role_holds_no_privilege_on_any_table_of_the_schema(roles: Roles) -> None:
+    """Besides reading the vector clock, nothing: on PostgreSQL 17 and later that includes MAINTAIN, the
+    privilege that lets a role VACUUM, REINDEX or LOCK a table, which a lock-safe daemon must not hold."""
+    installed = cli("install-sql", "--dsn", roles.owner_dsn, "--security-definer", "--grant-to", roles.daemon)
+    assert installed.returncode == 0, installed.stderr
+    assert cli("run-once", "--dsn", roles.daemon_dsn, "--originator", "100").returncode == 0
+    with psycopg.connect(roles.owner_dsn, autocommit=True) as conn:
+        kinds = ["SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER"]
+        kinds += ["MAINTAIN"] if server_major(conn) >= 17 else []
+        held = conn.execute(
+            "SELECT c.relname, k FROM pg_class AS c CROSS JOIN unnest(%s::text[]) AS k"
+            " WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p', 'v')"
+            "   AND has_table_privilege(%s, c.oid, k)",
+            [kinds, roles.daemon],
+        ).fetchall()
+        tables = conn.execute(
+            "SELECT count(*) FROM pg_class WHERE relname LIKE 'gateway_envelopes_%%_o100_s0_1000000'"
+        ).fetchone()
+    assert held == [("gateway_envelopes_latest", "SELECT")]
+    assert tables == (2,), "the band was created, so the privileges were looked at after real work"
+    with psycopg.connect(roles.daemon_dsn, autocommit=True) as conn:
+        for table in ("gateway_envelopes_meta", "gateway_envelopes_blob_o100"):
+            with pytest.raises(errors.InsufficientPrivilege), conn.transaction():
+                conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(sql.Identifier(table)))
 
 
 def test_security_definer_install_by_another_role_is_refused_whole(roles: Roles) -> None:
