@@ -17,6 +17,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from partitiond import sqlfiles
 from partitiond.bands import Band
 from partitiond.planner import OriginatorView, PlannedBand
 
@@ -43,11 +44,45 @@ class ServerState:
     has_latest: bool
     has_function: bool
     function_marker: str | None
+    ensure_ours: bool
+    family_digest: str | None
+
+    @property
+    def functions(self) -> str:
+        """``missing``; ``foreign`` (ensure_gateway_parts_v4 is someone else's); ``outdated`` (partitiond's,
+        but not exactly the bodies this version ships); or ``current``."""
+        if not self.has_function:
+            return "missing"
+        if not self.ensure_ours:
+            return "foreign"
+        return "current" if self.family_digest == sqlfiles.shipped_digest() else "outdated"
+
+    def function_problem(self, schema: str) -> str | None:
+        """Why partitiond must not run the installed functions (None: they are the ones it ships)."""
+        subject = f"function {schema}.ensure_gateway_parts_v4"
+        fix = f"run `partitiond install-sql --schema {schema}` (or apply `partitiond install-sql --print`)"
+        match self.functions:
+            case "missing":
+                return f"{subject} is not installed: {fix}"
+            case "foreign":
+                return (
+                    f"{subject} is not partitiond's: something else (an xmtpd migration, say) replaced it, "
+                    "so partitiond will not run it; check what replaced it, then reinstall partitiond's "
+                    f"with `partitiond install-sql --schema {schema} --replace-foreign`"
+                )
+            case "outdated":
+                found = self.function_marker or "no version marker"
+                return (
+                    f"{subject} and its helpers are not the ones this partitiond ships ({found}; this is "
+                    f"{sqlfiles.VERSION_MARKER}, and a function body differs): {fix}"
+                )
+        return None
 
 
 def server_state(conn: Conn, schema: str) -> ServerState:
+    family = sorted(sqlfiles.function_bodies())
     with conn.cursor(row_factory=dict_row) as cur:
-        row = cur.execute(query("server_state"), {"schema": schema}).fetchone()
+        row = cur.execute(query("server_state"), {"schema": schema, "family": family}).fetchone()
     assert row is not None
     return ServerState(**row)
 

@@ -2,13 +2,15 @@
 
 Two halves, so the rules can be tested without a database:
 
-* :func:`collect` reads the catalog in one read-only, repeatable-read transaction (four queries: server
-  state, partition inventory, positions, and ``queries/check_facts.sql``) into :class:`Facts`;
+* :func:`collect` reads the catalog in one read-only, repeatable-read transaction (six queries: server
+  state, partition inventory, positions, ``queries/check_facts.sql``, the role's privileges and the leader
+  lease's holders) into :class:`Facts`;
 * :func:`evaluate` is pure: it turns :class:`Facts` into a list of :class:`Finding`.
 
 Severities follow the monitoring contract: ``critical`` (exit 2) means inserts fail, will fail, or data is
 no longer protected; ``warning`` (exit 1) needs attention soon; ``info`` and ``ok`` never fail the check.
-A check that cannot reach the database is ``critical`` too: for monitoring, unreachable is critical.
+A check that cannot reach the database is ``critical`` too: for monitoring, unreachable is critical, and
+so is a check whose role may not read what it needs (the message names the missing grant).
 
 Without a rate forecast (a one-shot check has none) runway is judged by headroom, with the planner's own
 rule: the next band is overdue once the position is more than ``fill_threshold`` into the last band of the
@@ -29,11 +31,11 @@ from typing import Any, Literal
 import click
 import psycopg
 
-from partitiond import catalog, pipeline, sqlfiles
+from partitiond import access, catalog, pipeline, sqlfiles
 from partitiond.bands import INT8_MAX, Band, band_index, fill_ratio, next_band
 from partitiond.config import Settings, format_duration
-from partitiond.dsn import redact
 from partitiond.forecast import Forecast
+from partitiond.lease import LeaseHolder, describe_holders, holders, lease_document
 from partitiond.planner import OriginatorView, assess
 
 Severity = Literal["ok", "info", "warning", "critical"]
@@ -88,6 +90,8 @@ class Facts:
     inventory: catalog.Inventory = field(default_factory=lambda: catalog.Inventory(l1={}, bands=()))
     positions: Mapping[int, int | None] = field(default_factory=dict)
     extra: tuple[CatalogFact, ...] = ()
+    privileges: access.Privileges | None = None  # None: not read
+    lease: tuple[LeaseHolder, ...] | None = None  # None: not read; (): nobody holds it
 
     def of_kind(self, kind: str) -> list[CatalogFact]:
         return [f for f in self.extra if f.kind == kind]
@@ -117,6 +121,8 @@ def evaluate(
     out.extend(tables)
     if any(f.severity == "critical" for f in tables):
         return out  # without both trees nothing below means anything
+    out.extend(_privileges(facts))
+    out.extend(_lease(facts, settings.leader_lock_key))
     out.extend(_foreign_keys(facts))
     out.extend(_originators(facts, settings, forecasts or {}))
     out.extend(_capped(_symmetry(facts)))
@@ -135,17 +141,8 @@ def exit_code(findings: Iterable[Finding]) -> int:
 
 def _function(state: catalog.ServerState, schema: str) -> Iterator[Finding]:
     subject = f"{schema}.ensure_gateway_parts_v4"
-    fix = f"run `partitiond install-sql --schema {schema}` (or apply `partitiond install-sql --print`)"
-    if not state.has_function:
-        yield Finding("critical", "function", subject, f"not installed: {fix}")
-    elif state.function_marker != sqlfiles.VERSION_MARKER:
-        found = state.function_marker or "no version marker"
-        yield Finding(
-            "critical",
-            "function",
-            subject,
-            f"outdated ({found}; this partitiond ships {sqlfiles.VERSION_MARKER!r}): {fix}",
-        )
+    if problem := state.function_problem(schema):
+        yield Finding("critical", "function", subject, problem)
     else:
         yield Finding("ok", "function", subject, f"installed, {sqlfiles.VERSION_MARKER}")
 
@@ -168,6 +165,77 @@ def _tables(state: catalog.ServerState, schema: str) -> Iterator[Finding]:
                 f"{schema}.gateway_envelopes_latest",
                 "table not found: positions were probed with max() per originator instead",
             )
+
+
+def _privileges(facts: Facts) -> Iterator[Finding]:
+    """Whether partitiond, connecting as this role, could do its job (missing functions: see "function")."""
+    found = facts.privileges
+    if found is None:
+        return
+    subject = f"role {found.role}"
+    if found.writers:
+        yield Finding(
+            "critical",
+            "schema",
+            f"schema {facts.schema}",
+            f"writable by roles that do not own the envelope tables: {', '.join(found.writers)}; any of "
+            "them could create a function or operator for a call to resolve to, run as the table owner by "
+            f"the SECURITY DEFINER functions: REVOKE CREATE ON SCHEMA {facts.schema} FROM PUBLIC (and from "
+            "each role named)",
+        )
+    lacking, unable = found.lacks(), found.cannot_create()
+    if not lacking and not unable:
+        yield Finding("ok", "privileges", subject, "has every grant partitiond needs for a pass")
+        return
+    fix = access.grant_command(found.role, facts.schema)
+    if lacking:
+        yield Finding(
+            "critical",
+            "privileges",
+            subject,
+            f"lacks {', '.join(lacking)}: partitiond connecting as this role creates no bands (run-once "
+            f"exits 4); grant them with `{fix}` run as the table owner",
+        )
+    if unable:
+        yield Finding(
+            "critical",
+            "privileges",
+            subject,
+            f"cannot create a band although it may call every entry point: {'; '.join(unable)} (an "
+            f"install without --security-definer, or by another role?); reinstall with `{fix}` run as the "
+            "table owner",
+        )
+
+
+def _lease(facts: Facts, key: int) -> Iterator[Finding]:
+    """Who holds the leader lease.  Any role that can connect can take the key, and while a session that is
+    not partitiond holds it, every partitiond on the database stays a follower and creates nothing."""
+    if facts.lease is None:
+        return
+    subject = f"key {key}"
+    if not facts.lease:
+        yield Finding(
+            "info",
+            "leader-lease",
+            subject,
+            "held by none: no partitiond daemon is running on this database (run-once holds it only while it "
+            "runs)",
+        )
+        return
+    strangers = [h for h in facts.lease if not h.looks_like_partitiond]
+    if not strangers:
+        yield Finding("ok", "leader-lease", subject, f"held by {describe_holders(facts.lease)}")
+        return
+    pids = ", ".join(str(h.pid) for h in strangers if h.pid is not None)
+    how = f" (pg_terminate_backend({pids}))" if pids else ""
+    yield Finding(
+        "warning",
+        "leader-lease",
+        subject,
+        f"held by {describe_holders(facts.lease)}, whose application_name does not start with "
+        f'"partitiond": while it holds the key every partitiond on this database is a follower and creates '
+        f"no bands; if it is not partitiond, end it{how} and grant CONNECT only to roles you trust",
+    )
 
 
 def _foreign_keys(facts: Facts) -> Iterator[Finding]:
@@ -516,26 +584,43 @@ def collect(conn: catalog.Conn, settings: Settings) -> Facts:
     inv = catalog.inventory(conn, schema)
     positions = catalog.positions(conn, schema, state, inv, settings.originators)
     rows = conn.execute(catalog.query("check_facts"), {"schema": schema}).fetchall()
-    return Facts(schema, state, inv, positions, tuple(CatalogFact(*row) for row in rows))
+    return Facts(
+        schema,
+        state,
+        inv,
+        positions,
+        tuple(CatalogFact(*row) for row in rows),
+        access.privileges(conn, schema),
+        holders(conn, settings.leader_lock_key),
+    )
+
+
+def examine(
+    settings: Settings, env: Mapping[str, str], forecasts: Mapping[int, Forecast] | None = None
+) -> tuple[list[Finding], Facts | None]:
+    """Connect, collect, evaluate; the facts too when they could be read.  Never raises for database
+    trouble: that is a critical finding, whose message says which grant or install is missing."""
+    try:
+        conn = pipeline.open_connection(settings, env)
+    except pipeline.PassFailure as exc:
+        return [Finding("critical", "connection", "server", _one_line(str(exc)))], None
+    with conn:
+        try:
+            conn.read_only = True
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            with conn.transaction():
+                facts = collect(conn, settings)
+        except psycopg.Error as exc:
+            failure = access.failure(exc, access.session_role(conn), settings.schema)
+            return [Finding("critical", "database", settings.schema, str(failure))], None
+    return evaluate(facts, settings, forecasts), facts
 
 
 def run_check(
     settings: Settings, env: Mapping[str, str], forecasts: Mapping[int, Forecast] | None = None
 ) -> tuple[list[Finding], int]:
     """Connect, collect, evaluate.  Never raises for database trouble: that is a critical finding."""
-    try:
-        with pipeline.open_connection(settings, env) as conn:
-            conn.read_only = True
-            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-            with conn.transaction():
-                facts = collect(conn, settings)
-    except pipeline.PassFailure as exc:
-        findings = [Finding("critical", "connection", "server", _one_line(str(exc)))]
-    except psycopg.Error as exc:
-        message = f"database error: {_one_line(redact(str(exc)))}"
-        findings = [Finding("critical", "database", settings.schema, message)]
-    else:
-        findings = evaluate(facts, settings, forecasts)
+    findings, _facts = examine(settings, env, forecasts)
     return findings, exit_code(findings)
 
 
@@ -551,11 +636,14 @@ def summary(findings: Sequence[Finding]) -> dict[str, int]:
     return {**counts, "exit_code": exit_code(findings)}
 
 
-def render(findings: Sequence[Finding], fmt: str) -> str:
-    """``table``: aligned columns and a final "N critical, M warnings" line; ``json``: findings + summary."""
+def render(findings: Sequence[Finding], fmt: str, lease: Mapping[str, object] | None = None) -> str:
+    """``table``: aligned columns and a final "N critical, M warnings" line; ``json``: findings, summary and
+    (when read) the leader lease's holders, as ``status`` shows them."""
     counts = summary(findings)
     if fmt == "json":
         doc: dict[str, Any] = {"findings": [asdict(f) for f in findings], "summary": counts}
+        if lease is not None:
+            doc["leader_lease"] = lease
         return json.dumps(doc, indent=2, ensure_ascii=False)
     columns = ("severity", "check", "subject", "message")
     rows = [(f.severity, f.check, f.subject, f.message) for f in findings]
@@ -572,8 +660,12 @@ def render(findings: Sequence[Finding], fmt: str) -> str:
 def check_and_report(settings: Settings, fmt: str, env: Mapping[str, str]) -> int:
     """What the ``check`` command does: report on stdout, a one-line reason on stderr when it could not
     look at all, and the exit code to use."""
-    findings, code = run_check(settings, env)
-    click.echo(render(findings, fmt))
+    findings, facts = examine(settings, env)
+    code = exit_code(findings)
+    lease = None
+    if facts is not None and facts.lease is not None:
+        lease = lease_document(settings.leader_lock_key, facts.lease)
+    click.echo(render(findings, fmt, lease))
     for finding in findings:
         if finding.check in FATAL_CHECKS:
             click.echo(f"partitiond: {finding.message}", err=True)

@@ -6,7 +6,9 @@ declared as plain strings and parsed by :mod:`partitiond.config`, so a flag, a v
 validated by the same code and produce the same messages.
 
 Exit codes (run-once, plan, status, install-sql): 0 ok, 1 some bands failed, 2 usage or configuration
-error, 3 cannot connect or wrong server state (standby), 4 required function or tables missing.
+error, 3 cannot connect or wrong server state (standby), 4 required function, tables or privileges missing.
+Every command reports a failure as one line on stderr, never a traceback: :mod:`partitiond.access` turns
+permission and catalog errors into that line (what is missing, and the command that fixes it).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,19 +24,21 @@ from typing import Any, TypeVar
 
 import click
 import psycopg
+import structlog
 
-from partitiond import __version__, pipeline, sqlfiles
+from partitiond import __version__, access, pipeline, sqlfiles
 from partitiond.check import check_and_report
 from partitiond.config import ConfigError, Settings, format_duration, load_settings
 from partitiond.demo import demo_command
 from partitiond.executor import ensure_sql
-from partitiond.lease import LeaderLease
+from partitiond.lease import LeaderLease, LeaseHolder, describe_holders, holders, lease_document
 from partitiond.logs import configure_logging
 from partitiond.metrics import Metrics
 from partitiond.planner import OriginatorStatus, Plan
 from partitiond.report import record
 
 F = TypeVar("F", bound=Callable[..., Any])
+log = structlog.get_logger("partitiond.cli")
 
 
 @dataclass(frozen=True)
@@ -246,7 +251,7 @@ def main() -> None:
     lock-safe transaction with ensure_gateway_parts_v4 (install it with `partitiond install-sql`).
 
     Exit codes: 0 ok, 1 some bands failed, 2 usage/configuration error, 3 cannot connect or server is a
-    standby, 4 required function or tables missing.
+    standby, 4 required function, tables or privileges missing.
     """
 
 
@@ -259,7 +264,9 @@ def run_once(dry_run: bool, **raw: Any) -> None:
     """Run one pass and exit (for cron, systemd timers and Kubernetes CronJobs).
 
     If another partitiond holds the leader lease on this database, the pass only reads and reports
-    ("follower") and exits 0: the daemon is already doing the work.
+    ("follower") and exits 0: the daemon is already doing the work.  Before the pass it checks that its
+    role may read the positions and execute every function the pass calls, and exits 4 naming every
+    missing grant otherwise.
 
     \b
     Example:
@@ -269,16 +276,27 @@ def run_once(dry_run: bool, **raw: Any) -> None:
     if dry_run:
         _print_plan(settings, sql_too=True)
         return
-    lease = LeaderLease(lambda: pipeline.open_connection(settings, os.environ), settings.leader_lock_key)
-    try:
-        report = pipeline.run_pass(settings, os.environ, leader=lease.refresh())
-    finally:
-        lease.release()
+    started = time.monotonic()
+    refused = _guard(lambda: access.preflight(settings, os.environ))
+    if refused is not None:
+        report = _refused(refused, time.monotonic() - started)
+    else:
+        lease = LeaderLease(lambda: pipeline.open_connection(settings, os.environ), settings.leader_lock_key)
+        try:
+            report = _guard(lambda: pipeline.run_pass(settings, os.environ, leader=lease.refresh()))
+        finally:
+            lease.release()
     if settings.metrics_textfile is not None:
         _write_textfile(report, settings.metrics_textfile)
     if report.message:
         click.echo(f"partitiond: {report.message}", err=True)
     sys.exit(report.exit_code)
+
+
+def _refused(failure: pipeline.PassFailure, duration: float) -> pipeline.PassReport:
+    """The pre-flight found the pass could not work: report it as the pass would have (log and metrics)."""
+    log.error("run failed", result=failure.result, reason=str(failure), exit_code=failure.exit_code)
+    return pipeline.PassReport(failure.result, failure.exit_code, duration, message=str(failure))
 
 
 def _write_textfile(pass_report: pipeline.PassReport, path: Path) -> None:
@@ -309,7 +327,8 @@ def run(**raw: Any) -> None:
     from partitiond.daemon import serve
 
     load = settings_loader(raw)
-    sys.exit(serve(build_settings(raw, load), os.environ, reload=load))
+    settings = build_settings(raw, load)
+    sys.exit(_guard(lambda: serve(settings, os.environ, reload=load)))
 
 
 @main.command("plan")
@@ -328,28 +347,37 @@ def plan_cmd(**raw: Any) -> None:
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @settings_options
 def status(fmt: str, **raw: Any) -> None:
-    """Per originator: position, current band, last existing band, headroom and fill.
+    """Per originator: position, current band, last existing band, headroom and fill; and who holds the
+    leader lease (pid, application_name and role, or none).
 
     \b
     Example:
       partitiond status --format json
     """
     settings = build_settings(raw)
-    the_plan = _read_plan(settings)
+
+    def read(conn: pipeline.Conn) -> tuple[Plan, tuple[LeaseHolder, ...]]:
+        return _plan_on(conn, settings), holders(conn, settings.leader_lock_key)
+
+    the_plan, holding = _read(settings, read)
     rows = [_status_row(s) for s in the_plan.statuses]
     if fmt == "json":
-        click.echo(json.dumps(rows, indent=2))
+        doc = {"originators": rows, "leader_lease": lease_document(settings.leader_lock_key, holding)}
+        click.echo(json.dumps(doc, indent=2))
         return
     _print_table(rows, ["originator", "position", "current_band", "last_band", "headroom", "fill_pct"])
+    click.echo(f"leader lease: {describe_holders(holding)}")
 
 
 @main.command("install-sql")
 @click.option("--print", "print_only", is_flag=True, help="Write the SQL to stdout instead of applying it.")
 @click.option(
-    "--security-definer",
-    is_flag=True,
-    help="Make ensure_gateway_parts_v4 run with its owner's rights and revoke the family from PUBLIC. "
-    "Run it as the owner of the envelope tables.",
+    "--security-definer/--no-security-definer",
+    default=None,
+    help="Make the entry points run with their owner's rights and revoke the family from PUBLIC, so the "
+    "role partitiond connects as needs only EXECUTE.  Must be run as the owner of the envelope tables (or "
+    "with --owner), in a schema no other role can create objects in.  Default: keep what is installed "
+    "(an upgrade of a SECURITY DEFINER install stays one); --no-security-definer turns it off.",
 )
 @click.option(
     "--grant-to",
@@ -357,65 +385,111 @@ def status(fmt: str, **raw: Any) -> None:
     multiple=True,
     metavar="ROLE",
     help="Role partitiond connects as: gets USAGE on the schema, EXECUTE on the entry points and SELECT on "
-    "gateway_envelopes_latest (repeatable).",
+    "gateway_envelopes_latest (repeatable).  Roles granted by an earlier install keep their grants.",
+)
+@click.option(
+    "--owner",
+    metavar="ROLE",
+    default=None,
+    help="Install as this role (SET ROLE), normally the owner of the envelope tables: for a superuser or "
+    "another member of that role.  The functions, and every partition they create, belong to it.",
+)
+@click.option(
+    "--replace-foreign",
+    is_flag=True,
+    help="Replace an ensure_gateway_parts_v4 that is not partitiond's (one an xmtpd migration created, "
+    "say).  Without it install-sql refuses to overwrite it.",
 )
 @settings_options
-def install_sql(print_only: bool, security_definer: bool, grant_to: tuple[str, ...], **raw: Any) -> None:
+def install_sql(
+    print_only: bool,
+    security_definer: bool | None,
+    grant_to: tuple[str, ...],
+    owner: str | None,
+    replace_foreign: bool,
+    **raw: Any,
+) -> None:
     """Install or upgrade the ensure_gateway_parts_v4 function family (idempotent, one transaction).
 
     It never creates or alters the envelope tables and is not an xmtpd migration: run it again after
-    upgrading partitiond (run/run-once say so, exit 4, when the installed version is outdated).
+    upgrading partitiond (run/run-once say so, exit 4, when the installed functions are not the ones this
+    version ships).  An upgrade keeps SECURITY DEFINER and the grants of the install before it.  Refused
+    (exit 2, nothing changed): a SECURITY DEFINER install by anyone but the owner of the envelope tables,
+    or into a schema other roles can create objects in; overwriting an ensure_gateway_parts_v4 that is not
+    partitiond's without --replace-foreign.
 
     \b
     Examples:
-      partitiond install-sql --dsn postgresql://xmtpd_owner@db/xmtpd
       partitiond install-sql --dsn postgresql://xmtpd_owner@db/xmtpd --security-definer --grant-to partitiond
+      partitiond install-sql --dsn postgresql://xmtpd_owner@db/xmtpd          # upgrade: keeps what was there
+      partitiond install-sql --dsn postgresql://postgres@db/xmtpd --owner xmtpd_owner --security-definer
       partitiond install-sql --print --security-definer --grant-to partitiond > partitiond.sql
     """
     settings = build_settings(raw)
     if print_only:
-        click.echo(sqlfiles.functions_script(settings.schema, security_definer, grant_to))
+        script = sqlfiles.functions_script(
+            settings.schema, bool(security_definer), grant_to, owner, replace_foreign
+        )
+        click.echo(script)
         return
-    _exit_on_failure(lambda: _install(settings, security_definer, grant_to))
-    click.echo(f"installed {sqlfiles.VERSION_MARKER} into schema {settings.schema!r}")
+    definer = _guard(lambda: _install(settings, security_definer, grant_to, owner, replace_foreign))
+    mode = "SECURITY DEFINER" if definer else "with the caller's rights (not SECURITY DEFINER)"
+    click.echo(f"installed {sqlfiles.VERSION_MARKER} into schema {settings.schema!r}, {mode}")
 
 
-def _install(settings: Settings, security_definer: bool, grant_to: tuple[str, ...]) -> None:
+def _install(
+    settings: Settings,
+    security_definer: bool | None,
+    grant_to: tuple[str, ...],
+    owner: str | None,
+    replace_foreign: bool,
+) -> bool:
     with pipeline.open_connection(settings, os.environ) as conn:
         try:
-            sqlfiles.install_functions(conn, settings.schema, security_definer, grant_to)
+            return sqlfiles.install_functions(
+                conn, settings.schema, security_definer, grant_to, owner, replace_foreign
+            )
         except psycopg.Error as exc:
-            primary = exc.diag.message_primary or str(exc)
-            hint = f" ({exc.diag.message_hint})" if exc.diag.message_hint else ""
-            # Nearly always the wrong role or schema in the settings: a configuration error (exit 2).
-            message = f"install failed, nothing changed: {primary}{hint}"
-            raise pipeline.PassFailure(pipeline.EXIT_CONFIG, message) from None
+            raise access.install_failure(exc, settings.schema) from None
 
 
 T = TypeVar("T")
 
 
-def _exit_on_failure(action: Callable[[], T]) -> T:
+def _guard(action: Callable[[], T]) -> T:
+    """Run a command's work; a failure becomes one line on stderr and the documented exit code.
+
+    Database errors that reach this far are mapped by :func:`partitiond.access.failure`: missing
+    privileges, tables or functions exit 4 with the command that fixes them, anything else exits 3.
+    """
     try:
         return action()
+    except psycopg.Error as exc:
+        failure = access.failure(exc)
     except pipeline.PassFailure as exc:
-        click.echo(f"partitiond: {exc}", err=True)
-        sys.exit(exc.exit_code)
+        failure = exc
+    click.echo(f"partitiond: {failure}", err=True)
+    sys.exit(failure.exit_code)
 
 
-def _read_plan(settings: Settings) -> Plan:
+def _read(settings: Settings, read: Callable[[pipeline.Conn], T]) -> T:
+    """Run ``read`` on a connection of its own; database errors name the missing grant or install."""
+
+    def action() -> T:
+        with pipeline.open_connection(settings, os.environ) as conn, access.explained(conn, settings.schema):
+            return read(conn)
+
+    return _guard(action)
+
+
+def _plan_on(conn: pipeline.Conn, settings: Settings) -> Plan:
     """Read-only: what the next pass would do.  Works before install-sql, so it can show what is missing."""
-
-    def read() -> Plan:
-        with pipeline.open_connection(settings, os.environ) as conn:
-            snapshot = pipeline.take_snapshot(conn, settings, require_function=False)
-        return pipeline.make_plan(snapshot, settings)
-
-    return _exit_on_failure(read)
+    snapshot = pipeline.take_snapshot(conn, settings, require_function=False)
+    return pipeline.make_plan(snapshot, settings)
 
 
 def _print_plan(settings: Settings, *, sql_too: bool) -> None:
-    the_plan = _read_plan(settings)
+    the_plan = _read(settings, lambda conn: _plan_on(conn, settings))
     if not the_plan.creates:
         click.echo(f"nothing to create: every originator ({len(the_plan.statuses)}) has its bands")
         return
@@ -470,9 +544,13 @@ def check_command(fmt: str, **raw: Any) -> None:
     band has its blob twin; bounds match --band-width and the (63-byte truncated) names; holes above the
     current band (holes below it are pruning's and only info); leftover seed constraints, unattached
     look-alikes, pending detaches and DEFAULT partitions; the top-level foreign keys blob → meta (ON DELETE
-    CASCADE) and blockchain_messages → meta (critical if missing); the installed function version.
+    CASCADE) and blockchain_messages → meta (critical if missing); the installed function version; the
+    connecting role's grants (warning when partitiond could not create bands as that role); who holds the
+    leader lease (warning when its application_name does not start with partitiond: a squatter keeps
+    every partitiond a follower).
 
-    For monitoring, an unreachable database or a bad DSN is critical (exit 2), not exit 3.
+    For monitoring, an unreachable database or a bad DSN is critical (exit 2), not exit 3, and so is a
+    role that may not read what check needs.
 
     \b
     Example:

@@ -276,8 +276,8 @@ _RULES: dict[str, _Rule] = {
     ),
     "originators": _Rule(
         _parse_originators,
-        lambda v: all(INT4[0] <= o <= INT4[1] for o in v),
-        "a comma-separated list of int4 originator ids (e.g. 100,200)",
+        lambda v: all(0 <= o <= INT4[1] for o in v),
+        f"a comma-separated list of originator ids from 0 to {INT4[1]} (e.g. 100,200)",
         render=lambda v: ",".join(map(str, v)) or "all",
     ),
     "band_width": _Rule(_parse_int, lambda v: 0 < v <= INT8[1], "a positive integer (e.g. 1_000_000)"),

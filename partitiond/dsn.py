@@ -2,19 +2,24 @@
 
 The DSN is the one secret partitiond handles.  It may arrive on the command line, in a file mounted from a
 Kubernetes Secret, or through systemd's ``LoadCredential=``; everything that might print it (error messages,
-SIGHUP change logs, log lines) goes through :func:`redact` or :func:`redact_dsn` first.
+SIGHUP change logs, log lines) goes through :func:`redact` or :func:`redact_dsn` first.  A DSN file that
+other users may read is logged as a warning (once per file and mode), as ssh and libpq's ``.pgpass`` do.
 """
 
 from __future__ import annotations
 
 import itertools
 import re
+import shlex
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from urllib.parse import unquote
 
 import psycopg
+import structlog
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+log = structlog.get_logger("partitiond.dsn")
 
 APPLICATION_NAME = "partitiond"
 MASK = "***"
@@ -43,6 +48,12 @@ _LOOSE_QUERY_PASSWORD = re.compile(r"(?is)[?&]password=([^&]*)")
 _LOOSE_KV_PASSWORD = re.compile(r"(?is)\bpassword\s*=\s*(.*?)(?=\s+[\w.-]+\s*=|\s*$)")
 # How psycopg reports a DSN libpq cannot parse (a %-escape that is not UTF-8 surfaces as a decode error).
 _REJECTED = (psycopg.ProgrammingError, UnicodeDecodeError)
+# Permission bits of a secret file that let other users in: any for group or others, except that a file
+# owned by root may be group-readable (u=rw,g=r or less), as libpq allows for root-owned key files and as a
+# Kubernetes Secret is mounted (defaultMode 0440 with the pod's fsGroup).
+_OTHERS = 0o077
+_ROOT_MAY = 0o040
+_warned: set[tuple[str, int]] = set()
 
 
 class DsnError(Exception):
@@ -82,7 +93,32 @@ def _read_secret_file(path: Path, what: str) -> str:
         raise DsnError(f"cannot read {what} {path}: {reason}") from None
     if not text:
         raise DsnError(f"{what} {path} is empty")
+    _warn_if_exposed(path, what)
     return text
+
+
+def exposed(mode: int, uid: int) -> bool:
+    """Whether a secret file with this mode and owner can be read or changed by other users."""
+    allowed = _ROOT_MAY if uid == 0 else 0
+    return bool(mode & _OTHERS & ~allowed)
+
+
+def _warn_if_exposed(path: Path, what: str) -> None:
+    """Log once per file and mode when others may read the DSN: a warning, not a refusal."""
+    try:
+        info = path.stat()
+    except OSError:
+        return
+    mode = info.st_mode & 0o7777
+    if not exposed(mode, info.st_uid) or (str(path), mode) in _warned:
+        return
+    _warned.add((str(path), mode))
+    log.warning(
+        f"{what} is readable by group or others",
+        path=str(path),
+        mode=f"{mode:04o}",
+        fix=f"chmod 600 {shlex.quote(str(path))}",
+    )
 
 
 def connect_kwargs(dsn: str, connect_timeout: float) -> str:

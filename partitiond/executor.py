@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import psycopg
-from psycopg import errors
+from psycopg import errors, sql
 
 from partitiond import faults
 from partitiond.config import Settings
@@ -63,23 +63,38 @@ TRY_LOCK_TRIES = 20
 TRY_LOCK_GAP = (0.001, 0.005)  # seconds between non-queueing tries: inserts take a few ms each
 # Why a band was deferred (a metrics label): where the refused wait was.
 DEFERRAL_REASONS = ("lock_busy", "stage_busy", "key5_busy", "held_lock", "blob_read", "hold_timeout")
+TRY_KEY = "SELECT pg_catalog.pg_try_advisory_xact_lock(%s::bigint)"
 BLOB_BUSY = "PD001"  # partitiond_attach_staged: the blob L1 is being read and the slow path is not allowed
 
-BAND_EXISTS = "SELECT partitiond_band_exists(%(oid)s, %(start)s, %(end)s)"
-PREFLIGHT = "SELECT partitiond_preflight(%(oid)s, %(key)s, %(readers)s)"
-STAGE = "SELECT partitiond_stage_table(%(oid)s, %(start)s, %(end)s, %(blob)s)"
-WARM = "SELECT partitiond_warm(%(oid)s, %(budget_ms)s)"
-ATTACH = "SELECT partitiond_attach_staged(%(oid)s, %(start)s, %(end)s, %(allow_slow)s)"
-UNSTAGE = "SELECT partitiond_unstage(%(oid)s, %(start)s)"
-# The full ensure, and whether it wrote anything: nothing else in the transaction writes, so the transaction
-# has an xid exactly when the call created (part of) the band.  The MATERIALIZED CTE runs the ensure before
-# the outer SELECT looks at the xid.
-ENSURE = """WITH ensured AS MATERIALIZED (SELECT ensure_gateway_parts_v4(%(oid)s, %(start)s, %(width)s))
-SELECT pg_current_xact_id_if_assigned() IS NOT NULL FROM ensured
-"""
-BAND_SETTINGS = """SELECT set_config('lock_timeout', %(budget)s, true),
-       set_config('statement_timeout', %(hold)s, true),
-       set_config('idle_in_transaction_session_timeout', %(idle)s, true)"""
+# The calls the executor makes: schema-qualified, every argument cast to its parameter's exact type, so no
+# other function (of another schema, or an overload with a better-matching signature) can be chosen.
+CALLS = {
+    "band_exists": "SELECT {s}.partitiond_band_exists(%(oid)s::integer, %(start)s::bigint, %(end)s::bigint)",
+    "preflight": "SELECT {s}.partitiond_preflight(%(oid)s::integer, %(key)s::bigint, %(readers)s::boolean)",
+    "stage": "SELECT {s}.partitiond_stage_table("
+    "%(oid)s::integer, %(start)s::bigint, %(end)s::bigint, %(blob)s::boolean)",
+    "warm": "SELECT {s}.partitiond_warm(%(oid)s::integer, %(budget_ms)s::integer)",
+    "attach": "SELECT {s}.partitiond_attach_staged("
+    "%(oid)s::integer, %(start)s::bigint, %(end)s::bigint, %(allow_slow)s::boolean)",
+    "unstage": "SELECT {s}.partitiond_unstage(%(oid)s::integer, %(start)s::bigint)",
+    "unstage_all": "SELECT {s}.partitiond_unstage()",
+    # The full ensure, and whether it wrote anything: nothing else in the transaction writes, so the
+    # transaction has an xid exactly when the call created (part of) the band.  The MATERIALIZED CTE runs
+    # the ensure before the outer SELECT looks at the xid.
+    "ensure": "WITH ensured AS MATERIALIZED ("
+    "SELECT {s}.partitiond_ensure(%(oid)s::integer, %(start)s::bigint, %(width)s::bigint)) "
+    "SELECT pg_catalog.pg_current_xact_id_if_assigned() IS NOT NULL FROM ensured",
+}
+
+
+def calls(schema: str) -> dict[str, sql.Composed]:
+    """:data:`CALLS` for the functions installed in ``schema``."""
+    return {name: sql.SQL(text).format(s=sql.Identifier(schema)) for name, text in CALLS.items()}
+
+
+BAND_SETTINGS = """SELECT pg_catalog.set_config('lock_timeout', %(budget)s, true),
+       pg_catalog.set_config('statement_timeout', %(hold)s, true),
+       pg_catalog.set_config('idle_in_transaction_session_timeout', %(idle)s, true)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,11 +192,14 @@ class Executor:
     rng: random.Random = field(default_factory=random.Random)
     _staged: bool = field(default=False, init=False)  # tables of the current band may be left staged
     _granted: float | None = field(default=None, init=False)  # perf_counter() when key 5 was granted
+    _calls: dict[str, sql.Composed] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         s = self.settings
+        self._calls = calls(s.schema)
         self.conn.execute(
-            "SELECT set_config('lock_timeout', %s, false), set_config('statement_timeout', %s, false)",
+            "SELECT pg_catalog.set_config('lock_timeout', %s, false),"
+            " pg_catalog.set_config('statement_timeout', %s, false)",
             [_pg_interval(s.lock_timeout), _pg_interval(s.statement_timeout)],
         )
 
@@ -234,18 +252,22 @@ class Executor:
     def _attempt(self, planned: PlannedBand, band: dict[str, int], holds: list[float]) -> _Done:
         """One try at one band; raises :class:`Deferred` when something else holds what it needs."""
         s = self.settings
-        if self._scalar(BAND_EXISTS, band):
+        if self._scalar(self._calls["band_exists"], band):
             return _Done(existed=True)
         readers = not self._may_go_slow(planned)  # the fast blob step must wait for them; the slow one not
-        busy = self._scalar(PREFLIGHT, {"oid": band["oid"], "key": s.protocol_lock_key, "readers": readers})
+        busy = self._scalar(
+            self._calls["preflight"], {"oid": band["oid"], "key": s.protocol_lock_key, "readers": readers}
+        )
         if busy:
             reason = "blob_read" if busy.startswith("AccessShareLock ") else "lock_busy"
             raise Deferred(reason, f"{busy}: not taking key 5 now")
         staged = self._stage(band)
         if staged:
-            self._scalar(WARM, {"oid": band["oid"], "budget_ms": max(1, round(s.hold_budget * 1000))})
+            self._scalar(
+                self._calls["warm"], {"oid": band["oid"], "budget_ms": max(1, round(s.hold_budget * 1000))}
+            )
         done, hold = self._timed(planned, band, staged, holds)
-        if staged and done.existed and not self._scalar(BAND_EXISTS, band):
+        if staged and done.existed and not self._scalar(self._calls["band_exists"], band):
             # A creator took a name of the band meanwhile but did not finish it: the full ensure does.
             done, hold = self._timed(planned, band, False, holds)
         elif staged and not done.existed:
@@ -299,8 +321,8 @@ class Executor:
         """The band's two tables, staged and committed; False when the band is not the plain case."""
         self._staged = True
         try:
-            return bool(self._scalar(STAGE, {**band, "blob": False})) and bool(
-                self._scalar(STAGE, {**band, "blob": True})
+            return bool(self._scalar(self._calls["stage"], {**band, "blob": False})) and bool(
+                self._scalar(self._calls["stage"], {**band, "blob": True})
             )
         except errors.LockNotAvailable as exc:
             raise Deferred("stage_busy", _one_line(exc)) from None
@@ -309,10 +331,10 @@ class Executor:
         """The one statement run while key 5 is held."""
         if not staged:
             started = time.perf_counter()
-            if not self._scalar(ENSURE, {**band, "width": self.settings.band_width}):
+            if not self._scalar(self._calls["ensure"], {**band, "width": self.settings.band_width}):
                 return _Done(existed=True)
             return _Done(existed=False, path="ensure", steps={"ensure": time.perf_counter() - started})
-        result = self._scalar(ATTACH, {**band, "allow_slow": self._may_go_slow(planned)})
+        result = self._scalar(self._calls["attach"], {**band, "allow_slow": self._may_go_slow(planned)})
         if result["status"] == "existed":  # taken meanwhile: whole, or half-built (see _attempt)
             return _Done(existed=True)
         return _Done(existed=False, path=result["path"], steps={k: v / 1000 for k, v in result["ms"].items()})
@@ -332,9 +354,9 @@ class Executor:
             return
         # On failure the next full run's clean-up (partitiond_unstage for every band) and `check` cover it.
         with contextlib.suppress(psycopg.Error):
-            self._scalar(UNSTAGE, band)
+            self._scalar(self._calls["unstage"], band)
 
-    def _scalar(self, query: str, params: dict[str, Any]) -> Any:
+    def _scalar(self, query: sql.Composed, params: dict[str, Any]) -> Any:
         row = self.conn.execute(query, params).fetchone()
         return row[0] if row else None
 
@@ -343,16 +365,18 @@ class Executor:
         the hold budget, the transaction's lock_timeout: every new insert queues behind the request)."""
         key = self.settings.protocol_lock_key
         for _ in range(TRY_LOCK_TRIES):
-            row = self.conn.execute("SELECT pg_try_advisory_xact_lock(%s)", [key]).fetchone()
+            row = self.conn.execute(
+                "SELECT pg_catalog.pg_try_advisory_xact_lock(%s::bigint)", [key]
+            ).fetchone()
             if row and row[0]:
                 return
             self.sleep(self.rng.uniform(*TRY_LOCK_GAP))
-        self.conn.execute("SELECT pg_advisory_xact_lock(%s)", [key])
+        self.conn.execute("SELECT pg_catalog.pg_advisory_xact_lock(%s::bigint)", [key])
 
 
-def unstage_all(conn: Conn) -> int:
+def unstage_all(conn: Conn, schema: str) -> int:
     """Drop every staged table a crashed or killed run left behind; the leader calls it at each full run."""
-    row = conn.execute("SELECT partitiond_unstage()").fetchone()
+    row = conn.execute(calls(schema)["unstage_all"]).fetchone()
     return int(row[0]) if row else 0
 
 

@@ -6,6 +6,10 @@ the lock when that session ends, so if the leader dies (or its connection does) 
 its next tick.  Losing the lease for a moment is harmless — every ensure is idempotent and serialised by
 xmtpd's key 5 and the ensure function's own lock — the lease only keeps replicas from doing the same DDL
 twice and from queueing for the same locks.
+
+:func:`holders` tells who holds the key, for ``status`` and ``check``.  Any role that can connect can take
+the key, so ``check`` warns when the holder's ``application_name`` does not look like partitiond's (a
+squatter keeps every partitiond a follower, so nothing creates bands).
 """
 
 from __future__ import annotations
@@ -18,11 +22,58 @@ from typing import Any
 import psycopg
 import structlog
 
+from partitiond import catalog
+from partitiond.dsn import APPLICATION_NAME
 from partitiond.pipeline import PassFailure
 
 log = structlog.get_logger("partitiond.lease")
 
 Conn = psycopg.Connection[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseHolder:
+    """A session holding the leader lock; ``application_name`` and ``role`` are None when not visible."""
+
+    pid: int | None
+    application_name: str | None
+    role: str | None
+
+    @property
+    def looks_like_partitiond(self) -> bool:
+        """partitiond connects with ``application_name=partitiond`` unless the DSN names another one."""
+        return (self.application_name or "").lower().startswith(APPLICATION_NAME)
+
+    def describe(self) -> str:
+        """'pid 4242 (application_name "partitiond", role "partitiond")'; unknown when not visible."""
+        who = f"pid {self.pid}" if self.pid is not None else "a prepared transaction"
+        return f"{who} (application_name {_shown(self.application_name)}, role {_shown(self.role)})"
+
+    def as_dict(self) -> dict[str, object]:
+        return {"pid": self.pid, "application_name": self.application_name, "role": self.role}
+
+
+def _shown(value: str | None) -> str:
+    """Quoted, with control characters escaped: any role that can connect chooses these names."""
+    if value is None:
+        return "unknown"
+    return '"' + "".join(c if c.isprintable() else ascii(c)[1:-1] for c in value) + '"'
+
+
+def holders(conn: Conn, key: int) -> tuple[LeaseHolder, ...]:
+    """Sessions of this database holding the lease key (``queries/lease_holders.sql``); () when free."""
+    rows = conn.execute(catalog.query("lease_holders"), {"key": key}).fetchall()
+    return tuple(LeaseHolder(pid, name, role) for pid, name, role in rows)
+
+
+def describe_holders(found: tuple[LeaseHolder, ...]) -> str:
+    """One line for people: "none", or each holder."""
+    return "; ".join(h.describe() for h in found) if found else "none"
+
+
+def lease_document(key: int, found: tuple[LeaseHolder, ...]) -> dict[str, object]:
+    """The JSON form ``status`` and ``check`` print: the key and its holders (an empty list: none)."""
+    return {"key": key, "holders": [h.as_dict() for h in found]}
 
 
 @dataclass

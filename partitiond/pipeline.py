@@ -20,7 +20,7 @@ import psycopg
 import structlog
 from psycopg.pq import TransactionStatus
 
-from partitiond import catalog, sqlfiles
+from partitiond import access, catalog
 from partitiond.bands import Band, band_for
 from partitiond.config import Settings
 from partitiond.dsn import DsnError, connect_kwargs, redact, resolve_dsn
@@ -81,11 +81,15 @@ def open_connection(settings: Settings, env: Mapping[str, str]) -> Conn:
     except DsnError as exc:
         raise PassFailure(EXIT_CONFIG, str(exc)) from None
     try:
-        return psycopg.connect(conninfo, autocommit=True)
+        conn = psycopg.connect(conninfo, autocommit=True)
     except psycopg.Error as exc:
         raise PassFailure(
             EXIT_SERVER, f"cannot connect to PostgreSQL: {one_line(redact(str(exc)))}"
         ) from None
+    # Only built-ins resolve without a schema in partitiond's sessions: whatever a role can create in the
+    # schemas of its default search_path (public, say) can never be picked by one of partitiond's queries.
+    conn.execute("SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false)")
+    return conn
 
 
 @dataclass
@@ -173,16 +177,8 @@ def verify(state: catalog.ServerState, schema: str) -> None:
             f"table {' and '.join(missing)} not found in schema {schema!r}: is this an xmtpd database "
             "(see --schema)?",
         )
-    fix = f"run `partitiond install-sql --schema {schema}` (or apply `partitiond install-sql --print`)"
-    if not state.has_function:
-        raise PassFailure(EXIT_MISSING, f"function {schema}.ensure_gateway_parts_v4 is not installed: {fix}")
-    if state.function_marker != sqlfiles.VERSION_MARKER:
-        found = state.function_marker or "no version marker"
-        raise PassFailure(
-            EXIT_MISSING,
-            f"function {schema}.ensure_gateway_parts_v4 is outdated ({found}; this partitiond ships "
-            f"{sqlfiles.VERSION_MARKER!r}): {fix}",
-        )
+    if problem := state.function_problem(schema):
+        raise PassFailure(EXIT_MISSING, problem)
 
 
 def check_band_width(inventory: catalog.Inventory, width: int) -> None:
@@ -390,7 +386,7 @@ def apply(
     if not the_plan.creates and not clean_up:
         return []
     executor = Executor(conn, settings, sleep=control.stop.wait)
-    if clean_up and (dropped := unstage_all(conn)):
+    if clean_up and (dropped := unstage_all(conn, settings.schema)):
         log.warning("dropped staged tables an interrupted run left behind", tables=dropped)
     budget = RetryBudget(settings.retry_budget)
     outcomes: list[Outcome] = []
@@ -489,9 +485,7 @@ def run_pass(
     except PassFailure as exc:
         return _failed(exc, started, kind)
     except psycopg.Error as exc:
-        return _failed(
-            PassFailure(EXIT_SERVER, f"database error: {one_line(redact(str(exc)))}"), started, kind
-        )
+        return _failed(access.failure(exc, schema=settings.schema), started, kind)
     counts = summarise(the_plan, outcomes)
     counts["failed"] += len(snapshot.rejected)
     missed = counts["failed"] + counts["deferred"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import tempfile
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
@@ -83,3 +84,40 @@ def standby(pg_cluster: LocalCluster, db_dsn: str) -> Iterator[LocalCluster]:
         yield replica
     finally:
         replica.destroy()
+
+
+@dataclass
+class Roles:
+    owner_dsn: str
+    daemon_dsn: str
+    owner: str
+    daemon: str
+
+
+@pytest.fixture
+def roles(pg_cluster: LocalCluster) -> Iterator[Roles]:
+    """A database whose tables belong to an owner role (as xmtpd's migration role), and a second login
+    role for partitiond that has nothing yet.  PUBLIC keeps no CREATE on ``public`` (PostgreSQL 15's
+    default, made explicit), so a SECURITY DEFINER install is allowed."""
+    tag = uuid.uuid4().hex[:8]
+    db, owner, daemon = f"lp_{tag}", f"xmtpd_{tag}", f"partitiond_{tag}"
+    with psycopg.connect(pg_cluster.dsn(), autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(owner)))
+        admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(daemon)))
+        admin.execute(
+            sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(db), sql.Identifier(owner))
+        )
+    with psycopg.connect(pg_cluster.dsn(db), autocommit=True) as admin:
+        admin.execute(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(sql.Identifier(owner)))
+        admin.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+    with psycopg.connect(pg_cluster.dsn(db), user=owner, autocommit=True) as conn:
+        sqlfiles.install_schema(conn)  # as xmtpd's migrations would: the owner role owns every table
+    try:
+        yield Roles(
+            f"{pg_cluster.dsn(db)} user={owner}", f"{pg_cluster.dsn(db)} user={daemon}", owner, daemon
+        )
+    finally:
+        with psycopg.connect(pg_cluster.dsn(), autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(db)))
+            for role in (daemon, owner):
+                admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))

@@ -132,9 +132,23 @@ ROWS: tuple[Row, ...] = (
         "function outdated",
         ("run-once", "--dsn", "{dsn}", "--originator", "1"),
         4,
-        "is outdated (partitiond sql-version 0",
+        "are not the ones this partitiond ships (partitiond sql-version 0",
         prepare=_sql(
-            "COMMENT ON FUNCTION ensure_gateway_parts_v4(int, bigint, bigint) IS 'partitiond sql-version 0'"
+            "COMMENT ON FUNCTION ensure_gateway_parts_v4(int, bigint, bigint) IS 'partitiond sql-version 0';"
+            "CREATE OR REPLACE FUNCTION partitiond_l2_name("
+            "p_tree text, p_oid int, p_start bigint, p_end bigint)"
+            " RETURNS text LANGUAGE sql IMMUTABLE AS $$ SELECT p_tree $$"
+        ),
+    ),
+    Row(
+        "function replaced by someone else",
+        ("run-once", "--dsn", "{dsn}", "--originator", "1"),
+        4,
+        "is not partitiond's",
+        prepare=_sql(
+            "CREATE OR REPLACE FUNCTION ensure_gateway_parts_v4(p_originator_node_id int,"
+            " p_originator_sequence_id bigint, p_band_width bigint DEFAULT 1000000)"
+            " RETURNS void LANGUAGE sql AS $$ SELECT $$"
         ),
     ),
     Row(
@@ -148,7 +162,8 @@ ROWS: tuple[Row, ...] = (
         "originator id outside int4",
         ("run-once", "--dsn", "{dsn}", "--originator", "2147483648"),
         2,
-        '--originator must be a comma-separated list of int4 originator ids (e.g. 100,200), got "2147483648"',
+        "--originator must be a comma-separated list of originator ids from 0 to 2147483647 (e.g. 100,200), "
+        'got "2147483648"',
     ),
     Row(
         "position near the bigint maximum: that originator is skipped with an error, exit 1",

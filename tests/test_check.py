@@ -32,6 +32,8 @@ HEALTHY_STATE = catalog.ServerState(
     has_latest=True,
     has_function=True,
     function_marker=sqlfiles.VERSION_MARKER,
+    ensure_ours=True,
+    family_digest=sqlfiles.shipped_digest(),
 )
 FOREIGN_KEYS = (
     CatalogFact("foreign_key", BLOB, "gateway_envelope_blobs_fkey", "c"),
@@ -263,10 +265,11 @@ def test_missing_foreign_keys_are_critical(extra: tuple[CatalogFact, ...], subje
     [
         (replace(HEALTHY_STATE, has_function=False, function_marker=None), "not installed"),
         (
-            replace(HEALTHY_STATE, function_marker="partitiond sql-version 0"),
-            "outdated (partitiond sql-version 0",
+            replace(HEALTHY_STATE, function_marker="partitiond sql-version 0", family_digest="0" * 64),
+            "not the ones this partitiond ships (partitiond sql-version 0",
         ),
-        (replace(HEALTHY_STATE, function_marker=None), "outdated (no version marker"),
+        (replace(HEALTHY_STATE, function_marker=None, family_digest=None), "(no version marker"),
+        (replace(HEALTHY_STATE, ensure_ours=False), "is not partitiond's"),
     ],
 )
 def test_function_missing_or_outdated_is_critical_with_the_fix(state: catalog.ServerState, says: str) -> None:

@@ -49,6 +49,8 @@ def test_top_level_help_lists_commands_and_exit_codes() -> None:
         (["run-once", "--fill-threshold", "1.5"], {}, "--fill-threshold"),
         (["run-once", "--band-width", "0"], {}, "--band-width"),
         (["run-once", "--originator", "2147483648"], {}, "--originator"),
+        (["run-once", "--originator", "-5"], {}, "--originator"),
+        (["plan"], {"PARTITIOND_ORIGINATORS": "100,-5"}, "PARTITIOND_ORIGINATORS"),
         (["run-once"], {"PARTITIOND_LOCK_TIMEOUT": "soon"}, "PARTITIOND_LOCK_TIMEOUT"),
     ],
 )
@@ -56,6 +58,18 @@ def test_invalid_settings_exit_2_naming_the_option(args: list[str], env: dict[st
     result = cli(*args, env=env)
     assert result.returncode == 2
     assert named in result.stderr
+
+
+def test_a_negative_originator_exits_2_and_creates_nothing(conn: Conn, db_dsn: str) -> None:
+    before = partition_count(conn)
+    result = cli("run-once", "--dsn", db_dsn, "--originator", "-5")
+    assert result.returncode == 2
+    assert (
+        "--originator must be a comma-separated list of originator ids from 0 to 2147483647" in result.stderr
+    )
+    assert 'got "-5"' in result.stderr
+    assert partition_count(conn) == before
+    assert conn.execute("SELECT count(*) FROM pg_class WHERE relname LIKE '%%o-5%%'").fetchone() == (0,)
 
 
 def test_unknown_config_file_key_exits_2(tmp_path: Path) -> None:
@@ -116,8 +130,9 @@ def test_run_once_creates_and_exits_0(conn: Conn, db_dsn: str) -> None:
 
 def test_status_json_and_table(conn: Conn, db_dsn: str) -> None:
     seed_rows(conn, 100, [250_000])
-    rows = json.loads(cli("status", "--format", "json", "--dsn", db_dsn).stdout)
-    assert rows == [
+    doc = json.loads(cli("status", "--format", "json", "--dsn", db_dsn).stdout)
+    assert set(doc) == {"originators", "leader_lease"}
+    assert doc["originators"] == [
         {
             "originator": 100,
             "position": 250_000,
@@ -131,6 +146,26 @@ def test_status_json_and_table(conn: Conn, db_dsn: str) -> None:
     table = cli("status", "--dsn", db_dsn).stdout.splitlines()
     assert table[0].split() == ["originator", "position", "current_band", "last_band", "headroom", "fill_pct"]
     assert "749,999" in table[1]
+    assert table[2] == "leader lease: none"
+
+
+def test_a_dsn_file_others_can_read_is_a_warning_not_a_refusal(tmp_path: Path, db_dsn: str) -> None:
+    loose, tight = tmp_path / "loose", tmp_path / "tight"
+    for path, mode in ((loose, 0o644), (tight, 0o600)):
+        path.write_text(db_dsn + "\n")
+        path.chmod(mode)
+    warned = cli("plan", "--dsn-file", str(loose), "--log-format", "json")
+    assert warned.returncode == 0, warned.stderr
+    [event] = [json.loads(line) for line in warned.stderr.splitlines()]
+    assert {k: event[k] for k in ("event", "level", "path", "mode", "fix")} == {
+        "event": "DSN file is readable by group or others",
+        "level": "warning",
+        "path": str(loose),
+        "mode": "0644",
+        "fix": f"chmod 600 {loose}",
+    }
+    quiet = cli("plan", "--dsn-file", str(tight), "--log-format", "json")
+    assert (quiet.returncode, quiet.stderr) == (0, "")
 
 
 def test_install_sql_print_is_one_transaction_for_the_schema() -> None:

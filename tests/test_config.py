@@ -176,9 +176,27 @@ def test_originators_from_env_and_toml(tmp_path: Path) -> None:
     assert load_settings({}, {}, path).originators == (1, 3)
 
 
-@pytest.mark.parametrize("text", ["2147483648", "1,x", "1.5"])
+@pytest.mark.parametrize("text", ["2147483648", "1,x", "1.5", "-5", "100,-1", "-2147483648"])
 def test_bad_originators(text: str) -> None:
     assert config_error(env={"PARTITIOND_ORIGINATORS": text}).option == "originators"
+
+
+ORIGINATOR_RULE = "must be a comma-separated list of originator ids from 0 to 2147483647 (e.g. 100,200)"
+
+
+def test_a_negative_originator_is_rejected_from_every_source(tmp_path: Path) -> None:
+    """Node ids start at 0: -5 used to make partitiond create gateway_envelopes_meta_o-5."""
+    error = config_error(cli={"originators": ("100", "-5")})
+    assert (error.option, str(error)) == ("originators", f'--originator {ORIGINATOR_RULE}, got "100,-5"')
+    error = config_error(env={"PARTITIOND_ORIGINATORS": "-5"})
+    assert str(error) == f'PARTITIOND_ORIGINATORS {ORIGINATOR_RULE}, got "-5"'
+    path = write_toml(tmp_path, "originators = [100, -5]\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings({}, {}, path)
+    assert str(caught.value) == f'originators in {path} {ORIGINATOR_RULE}, got "100,-5"'
+    with pytest.raises(ConfigError, match="originators must be"):
+        Settings(originators=(-1,))
+    assert load(env={"PARTITIOND_ORIGINATORS": "0,2147483647"}).originators == (0, 2_147_483_647)
 
 
 @pytest.mark.parametrize(

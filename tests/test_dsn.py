@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import os
+from collections.abc import MutableMapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import pytest
+import structlog
 from hypothesis import given
 from hypothesis import strategies as st
 from psycopg.conninfo import conninfo_to_dict
 
-from partitiond.dsn import KEEPALIVES, DsnError, connect_kwargs, redact, redact_dsn, resolve_dsn
+from partitiond.dsn import KEEPALIVES, DsnError, connect_kwargs, exposed, redact, redact_dsn, resolve_dsn
 
 # --- resolve_dsn ------------------------------------------------------------------------------------
 
@@ -67,6 +70,63 @@ def test_unreadable_dsn_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     path = tmp_path / "dsn"
     with pytest.raises(DsnError, match=f"cannot read DSN file {path}: Permission denied"):
         resolve_dsn(None, path, {})
+
+
+def warnings_reading(path: Path, env: dict[str, str] | None = None) -> list[MutableMapping[str, Any]]:
+    with structlog.testing.capture_logs() as logs:
+        assert resolve_dsn(None, None if env else path, env or {}) == "host=db"
+    return [entry for entry in logs if entry["log_level"] == "warning"]
+
+
+def test_a_dsn_file_others_can_read_is_a_warning(tmp_path: Path) -> None:
+    path = tmp_path / "dsn"
+    path.write_text("host=db\n")
+    path.chmod(0o644)
+    assert warnings_reading(path) == [
+        {
+            "event": "DSN file is readable by group or others",
+            "log_level": "warning",
+            "path": str(path),
+            "mode": "0644",
+            "fix": f"chmod 600 {path}",
+        }
+    ]
+    assert warnings_reading(path) == []  # once per file and mode, not at every connect
+    path.chmod(0o604)
+    assert len(warnings_reading(path)) == 1
+
+
+def test_a_private_dsn_file_is_quiet(tmp_path: Path) -> None:
+    path = tmp_path / "dsn"
+    path.write_text("host=db\n")
+    for mode in (0o600, 0o400):
+        path.chmod(mode)
+        assert warnings_reading(path) == []
+
+
+def test_the_systemd_credential_is_checked_too(tmp_path: Path) -> None:
+    credential = tmp_path / "dsn"
+    credential.write_text("host=db")
+    credential.chmod(0o666)
+    [warning] = warnings_reading(credential, {"CREDENTIALS_DIRECTORY": str(tmp_path)})
+    assert warning["event"] == "systemd credential is readable by group or others"
+
+
+@pytest.mark.parametrize(
+    ("mode", "uid", "warn"),
+    [
+        (0o600, 1000, False),
+        (0o400, 1000, False),
+        (0o640, 1000, True),  # group-readable: like .pgpass and ssh keys, a warning
+        (0o604, 1000, True),
+        (0o644, 0, True),
+        (0o640, 0, False),  # root's file for the group: a Kubernetes Secret mounted 0440 with fsGroup
+        (0o440, 0, False),
+        (0o660, 0, True),  # group-writable
+    ],
+)
+def test_which_modes_warn(mode: int, uid: int, warn: bool) -> None:
+    assert exposed(mode, uid) is warn
 
 
 def test_dsn_file_that_is_a_directory(tmp_path: Path) -> None:

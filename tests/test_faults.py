@@ -45,10 +45,10 @@ _L2_BOUND = re.compile(r"^FOR VALUES FROM \('?(-?\d+)'?\) TO \('?(-?\d+)'?\)$")
 # the process is past discovery and inside a band's transaction.  The discovery queries mention the
 # function's name too, so match on the start of the statement, never on a substring.
 BAND_STATEMENT = (
-    "(query LIKE 'SELECT set_config(''lock_timeout''%%' OR query LIKE 'SELECT pg_try_advisory_xact_lock%%'"
-    " OR query LIKE 'SELECT pg_advisory_xact_lock(%%' OR query LIKE 'SELECT partitiond_band_exists%%'"
-    " OR query LIKE 'SELECT partitiond_stage_band(%%' OR query LIKE 'SELECT partitiond_attach_staged(%%'"
-    " OR query LIKE 'WITH ensured AS MATERIALIZED (SELECT ensure_gateway_parts_v4(%%')"
+    "query ~ '^(SELECT pg_catalog\\."
+    "(set_config\\(''lock_timeout''|pg_try_advisory_xact_lock|pg_advisory_xact_lock)"
+    '|SELECT "[^"]+"\\.partitiond_(band_exists|stage_table|attach_staged)\\('
+    "|WITH ensured AS MATERIALIZED)'"
 )
 
 

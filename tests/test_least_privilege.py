@@ -7,52 +7,15 @@ That role runs partitiond fully, yet cannot create or drop a table itself.
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
-
 import psycopg
 import pytest
 from psycopg import errors, sql
 
 from partitiond import sqlfiles
-from partitiond.cluster import LocalCluster
 
+from .conftest import Roles
 from .pgtools import TREES, l2_bounds, seed_rows, server_major
 from .test_cli import cli
-
-
-@dataclass
-class Roles:
-    owner_dsn: str
-    daemon_dsn: str
-    owner: str
-    daemon: str
-
-
-@pytest.fixture
-def roles(pg_cluster: LocalCluster) -> Iterator[Roles]:
-    tag = uuid.uuid4().hex[:8]
-    db, owner, daemon = f"lp_{tag}", f"xmtpd_{tag}", f"partitiond_{tag}"
-    with psycopg.connect(pg_cluster.dsn(), autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(owner)))
-        admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(daemon)))
-        admin.execute(
-            sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(db), sql.Identifier(owner))
-        )
-    with psycopg.connect(pg_cluster.dsn(db), autocommit=True) as admin:
-        admin.execute(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(sql.Identifier(owner)))
-    with psycopg.connect(pg_cluster.dsn(db), user=owner, autocommit=True) as conn:
-        sqlfiles.install_schema(conn)  # as xmtpd's migrations would: the owner role owns every table
-    try:
-        yield Roles(
-            f"{pg_cluster.dsn(db)} user={owner}", f"{pg_cluster.dsn(db)} user={daemon}", owner, daemon
-        )
-    finally:
-        with psycopg.connect(pg_cluster.dsn(), autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(db)))
-            for role in (daemon, owner):
-                admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
 def test_a_role_with_only_execute_runs_partitiond_but_cannot_create_tables(roles: Roles) -> None:

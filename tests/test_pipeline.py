@@ -162,12 +162,20 @@ def test_missing_function_says_how_to_install_it(conn: Conn, db_dsn: str) -> Non
 
 
 def test_outdated_function_is_detected(conn: Conn, db_dsn: str) -> None:
+    """A helper whose body is not the one this version ships (an older partitiond's) is outdated, whatever
+    the version comment says; the comment alone decides nothing."""
     conn.execute(
         "COMMENT ON FUNCTION ensure_gateway_parts_v4(int, bigint, bigint) IS 'partitiond sql-version 0'"
     )
+    assert run(db_dsn, originators=(1,)).exit_code == pipeline.EXIT_OK
+    conn.execute(
+        "CREATE OR REPLACE FUNCTION partitiond_l2_name(p_tree text, p_oid int, p_start bigint, p_end bigint)"
+        " RETURNS text LANGUAGE sql IMMUTABLE AS"
+        " $$ SELECT left(format('%s_o%s_s%s_%s', p_tree, p_oid, p_start, p_end), 63) $$"
+    )
     report = run(db_dsn, originators=(1,))
     assert report.exit_code == pipeline.EXIT_MISSING
-    assert report.message is not None and "outdated" in report.message
+    assert report.message is not None and "not the ones this partitiond ships" in report.message
 
 
 def test_missing_tables_exit_4(empty_db_dsn: str) -> None:

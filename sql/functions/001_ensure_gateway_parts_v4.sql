@@ -17,11 +17,36 @@
 -- the caller with its SQLSTATE, and the caller's transaction rolls back every step of the band.
 --
 -- The functions work on the tables in the schema they are installed into: the installer sets search_path
--- to `<schema>, pg_temp` and every function pins it with SET search_path FROM CURRENT, which also makes
--- them safe to declare SECURITY DEFINER.
+-- to `<schema>, pg_temp` and every function pins it with SET search_path FROM CURRENT (pg_catalog, not
+-- named, is searched first), which also makes them safe to declare SECURITY DEFINER.  Every built-in
+-- function is called as pg_catalog.<name> and every operator gets operands of exactly the types of a
+-- pg_catalog operator: an object in the install schema with a better-matching signature (a
+-- format(text, name, text), say) could otherwise be chosen over the built-in and run as the table owner.
+-- Every entry point that creates checks the band's geometry (partitiond_check_band) and derives the
+-- tables it touches itself: a caller passes numbers, never a table.
 --
 -- It does NOT take xmtpd's partition-creation advisory lock (key 5): callers take its exclusive side in
 -- their own short transaction.  Taking it here would deadlock a caller that already holds the shared side.
+
+-- Never replace someone else's ensure_gateway_parts_v4 by accident (an xmtpd migration may ship one):
+-- partitiond's always calls partitiond_* helpers.  `install-sql --replace-foreign` consents (it sets
+-- partitiond.replace_foreign for the install's transaction).
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_proc AS p
+               JOIN pg_catalog.pg_namespace AS n ON n.oid = p.pronamespace
+               WHERE n.nspname = pg_catalog.current_schema() AND p.proname = 'ensure_gateway_parts_v4'
+                 AND p.prosrc NOT LIKE '%partitiond\_%')
+       AND pg_catalog.current_setting('partitiond.replace_foreign', true) IS DISTINCT FROM 'on'
+    THEN
+        RAISE EXCEPTION 'function %.ensure_gateway_parts_v4 exists and is not partitiond''s',
+                        pg_catalog.quote_ident(pg_catalog.current_schema())
+            USING ERRCODE = 'duplicate_function',
+                  HINT = 'Something else (an xmtpd migration, say) created it.  Check what it does; to replace '
+                         'it with partitiond''s, pass --replace-foreign to install-sql.';
+    END IF;
+END
+$$;
 
 -- The name xmtpd gives a band's L2 child; PostgreSQL keeps only the first 63 bytes of a longer one.
 CREATE OR REPLACE FUNCTION partitiond_l2_name(p_tree text, p_oid int, p_start bigint, p_end bigint)
@@ -29,7 +54,7 @@ RETURNS text
 LANGUAGE sql IMMUTABLE
 SET search_path FROM CURRENT
 AS $$
-    SELECT left(format('%s_o%s_s%s_%s', p_tree, p_oid, p_start, p_end), 63)
+    SELECT pg_catalog.left(pg_catalog.format('%s_o%s_s%s_%s', p_tree, p_oid, p_start, p_end), 63)
 $$;
 
 -- The private name a band's L2 table has between partitiond_stage_table and partitiond_attach_staged.  No
@@ -39,7 +64,7 @@ RETURNS text
 LANGUAGE sql IMMUTABLE
 SET search_path FROM CURRENT
 AS $$
-    SELECT format('partitiond_stage_%s_o%s_s%s', split_part(p_tree, '_', 3), p_oid, p_start)
+    SELECT pg_catalog.format('partitiond_stage_%s_o%s_s%s', pg_catalog.split_part(p_tree, '_', 3), p_oid, p_start)
 $$;
 
 -- Serialise creators: per-originator locks alone do not prevent cross-originator deadlocks, because
@@ -49,7 +74,56 @@ RETURNS void
 LANGUAGE sql
 SET search_path FROM CURRENT
 AS $$
-    SELECT pg_advisory_xact_lock(hashtext('xmtpd.ensure_gateway_parts')::bigint)
+    SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('xmtpd.ensure_gateway_parts')::bigint)
+$$;
+
+-- The install schema's oid.  (current_schema()::regnamespace would parse the name as an identifier and
+-- fail for a schema such as `we"ird sch`.)
+CREATE OR REPLACE FUNCTION partitiond_namespace()
+RETURNS oid
+LANGUAGE sql STABLE
+SET search_path FROM CURRENT
+AS $$
+    SELECT n.oid FROM pg_catalog.pg_namespace AS n WHERE n.nspname = pg_catalog.current_schema()
+$$;
+
+-- Roles that can create objects in the install schema but are not trusted with the tables: not
+-- superusers, not members of the envelope tables' owner, not members of the schema's owner (for `public`
+-- on PostgreSQL 15 and later that is pg_database_owner, i.e. the database owner).  Such a role could plant
+-- a function or operator for a careless call to resolve to; a SECURITY DEFINER install refuses while there
+-- is one, and `partitiond check` reports it as critical.
+CREATE OR REPLACE FUNCTION partitiond_untrusted_creators()
+RETURNS SETOF name
+LANGUAGE sql STABLE
+SET search_path FROM CURRENT
+AS $$
+    SELECT r.rolname
+    FROM pg_catalog.pg_roles AS r,
+         pg_catalog.pg_namespace AS n,
+         pg_catalog.pg_class AS t
+    WHERE n.nspname = pg_catalog.current_schema()
+      AND t.relnamespace = n.oid AND t.relname = 'gateway_envelopes_meta'
+      AND NOT r.rolsuper
+      AND pg_catalog.has_schema_privilege(r.oid, n.oid, 'CREATE')
+      AND NOT pg_catalog.pg_has_role(r.oid, n.nspowner, 'MEMBER')
+      AND NOT pg_catalog.pg_has_role(r.oid, t.relowner, 'MEMBER')
+    ORDER BY r.rolname
+$$;
+
+-- New tables belong to the owner of the table they join, whoever runs the function: a partition owned by
+-- another role (a superuser running partitiond, say) could no longer be dropped or attached to by xmtpd.
+CREATE OR REPLACE FUNCTION partitiond_own(p_rel regclass, p_like regclass)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_owner CONSTANT oid := (SELECT c.relowner FROM pg_catalog.pg_class AS c WHERE c.oid = p_like);
+BEGIN
+    IF (SELECT c.relowner FROM pg_catalog.pg_class AS c WHERE c.oid = p_rel) <> v_owner THEN
+        EXECUTE pg_catalog.format('ALTER TABLE %s OWNER TO %I', p_rel, pg_catalog.pg_get_userbyid(v_owner));
+    END IF;
+END
 $$;
 
 -- The L1 child of p_parent that holds originator p_oid, decided by its LIST bound.
@@ -62,7 +136,7 @@ AS $$
     FROM pg_catalog.pg_inherits AS i
     JOIN pg_catalog.pg_class AS c ON c.oid = i.inhrelid
     WHERE i.inhparent = p_parent
-      AND (regexp_match(pg_catalog.pg_get_expr(c.relpartbound, c.oid),
+      AND (pg_catalog.regexp_match(pg_catalog.pg_get_expr(c.relpartbound, c.oid),
                         '^FOR VALUES IN \(''?(-?[0-9]+)''?\)$'))[1]::int = p_oid
 $$;
 
@@ -75,9 +149,75 @@ AS $$
     SELECT c.oid::regclass, b[1]::bigint, b[2]::bigint
     FROM pg_catalog.pg_inherits AS i
     JOIN pg_catalog.pg_class AS c ON c.oid = i.inhrelid
-    CROSS JOIN LATERAL regexp_match(pg_catalog.pg_get_expr(c.relpartbound, c.oid),
+    CROSS JOIN LATERAL pg_catalog.regexp_match(pg_catalog.pg_get_expr(c.relpartbound, c.oid),
         '^FOR VALUES FROM \(''?(-?[0-9]+)''?\) TO \(''?(-?[0-9]+)''?\)$') AS b
     WHERE i.inhparent = p_l1
+$$;
+
+-- The width of the bands already there: of originator p_oid's bands if it has any, else of any
+-- originator's; NULL while there is none.  One bound is read, so it costs the same at 20 or 2,000
+-- partitions (partitiond_l2_children would parse every bound).
+CREATE OR REPLACE FUNCTION partitiond_band_width(p_oid int)
+RETURNS bigint
+LANGUAGE plpgsql STABLE
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_meta  CONSTANT regclass := pg_catalog.format('%I.%I', pg_catalog.current_schema(), 'gateway_envelopes_meta')::regclass;
+    v_l1    CONSTANT regclass := partitiond_l1_child(v_meta, p_oid);
+    v_bound text;
+BEGIN
+    FOR v_bound IN
+        SELECT pg_catalog.pg_get_expr(c.relpartbound, c.oid)
+        FROM pg_catalog.pg_inherits AS i JOIN pg_catalog.pg_class AS c ON c.oid = i.inhrelid
+        WHERE i.inhparent = v_l1
+        UNION ALL
+        SELECT pg_catalog.pg_get_expr(c.relpartbound, c.oid)
+        FROM pg_catalog.pg_inherits AS i1
+        JOIN pg_catalog.pg_inherits AS i2 ON i2.inhparent = i1.inhrelid
+        JOIN pg_catalog.pg_class AS c ON c.oid = i2.inhrelid
+        WHERE i1.inhparent = v_meta
+    LOOP  -- the first RANGE bound found decides (a DEFAULT partition has none)
+        IF v_bound ~ '^FOR VALUES FROM' THEN
+            RETURN (SELECT b[2]::bigint - b[1]::bigint
+                    FROM pg_catalog.regexp_match(v_bound,
+                        '^FOR VALUES FROM \(''?(-?[0-9]+)''?\) TO \(''?(-?[0-9]+)''?\)$') AS b);
+        END IF;
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+
+-- Band geometry, checked by every entry point that creates: a band of a non-negative originator, starting
+-- at a non-negative multiple of its width, as wide as the bands already there.  Otherwise 22023, before
+-- anything is locked or created: a band of another width would overlap its neighbours for good, and
+-- inserts into the ids it leaves uncovered would fail with 23514.
+CREATE OR REPLACE FUNCTION partitiond_check_band(p_oid int, p_start bigint, p_end bigint)
+RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_width bigint;
+BEGIN
+    IF p_oid IS NULL OR p_start IS NULL OR p_end IS NULL OR p_oid < 0 OR p_start < 0 OR p_end <= p_start THEN
+        RAISE EXCEPTION 'no such band [%, %) of originator %', p_start, p_end, p_oid
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Originator and sequence ids are not negative, and a band ends after it starts.';
+    END IF;
+    IF p_start % (p_end - p_start) <> 0 THEN
+        RAISE EXCEPTION 'band [%, %) of originator % does not start at a multiple of its width %',
+                        p_start, p_end, p_oid, p_end - p_start
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    v_width := partitiond_band_width(p_oid);
+    IF v_width <> p_end - p_start THEN
+        RAISE EXCEPTION 'band [%, %) of originator % is % wide, but the existing bands are % wide',
+                        p_start, p_end, p_oid, p_end - p_start, v_width
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pass the width of the existing bands (partitiond: --band-width).';
+    END IF;
+END
 $$;
 
 -- Drop a seed constraint only if it is really there: a lookup costs nothing, an unconditional
@@ -90,7 +230,7 @@ AS $$
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_catalog.pg_constraint
                WHERE conrelid = p_table AND conname = p_constraint) THEN
-        EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', p_table, p_constraint);
+        EXECUTE pg_catalog.format('ALTER TABLE %s DROP CONSTRAINT %I', p_table, p_constraint);
     END IF;
 END
 $$;
@@ -103,7 +243,7 @@ LANGUAGE plpgsql
 SET search_path FROM CURRENT
 AS $$
 DECLARE
-    v_rel regclass := to_regclass(format('%I.%I', current_schema(), p_name));
+    v_rel regclass := pg_catalog.to_regclass(pg_catalog.format('%I.%I', pg_catalog.current_schema(), p_name));
     v_kind "char";
     v_is_partition boolean;
 BEGIN
@@ -114,7 +254,7 @@ BEGIN
     IF v_is_partition OR v_kind <> p_relkind THEN
         RAISE EXCEPTION 'relation % is in the way of a new partition', v_rel
             USING ERRCODE = 'duplicate_table',
-                  DETAIL = format('It exists with relkind %s%s, but an unattached table of relkind %s is needed.',
+                  DETAIL = pg_catalog.format('It exists with relkind %s%s, but an unattached table of relkind %s is needed.',
                                   v_kind, CASE WHEN v_is_partition THEN ' and is a partition of another table' ELSE '' END,
                                   p_relkind),
                   HINT = 'Rename or drop it after checking what it holds, then run the ensure again.';
@@ -130,29 +270,30 @@ LANGUAGE plpgsql
 SET search_path FROM CURRENT
 AS $$
 DECLARE
-    v_parent regclass := format('%I.%I', current_schema(), p_tree)::regclass;
-    v_name   text := left(format('%s_o%s', p_tree, p_oid), 63);
+    v_parent regclass := pg_catalog.format('%I.%I', pg_catalog.current_schema(), p_tree)::regclass;
+    v_name   text := pg_catalog.left(pg_catalog.format('%s_o%s', p_tree, p_oid), 63);
     v_child  regclass := partitiond_l1_child(v_parent, p_oid);
 BEGIN
     IF v_child IS NOT NULL THEN
         RETURN v_child;
     END IF;
-    PERFORM pg_advisory_xact_lock(hashtext(format('xmtpd.%s_l1', p_tree)), p_oid);
+    PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext(pg_catalog.format('xmtpd.%s_l1', p_tree)), p_oid);
     v_child := partitiond_l1_child(v_parent, p_oid);
     IF v_child IS NOT NULL THEN
         RETURN v_child;
     END IF;
 
     IF partitiond_unattached(v_name, 'p') IS NULL THEN
-        EXECUTE format(
+        EXECUTE pg_catalog.format(
             'CREATE TABLE %I.%I (LIKE %s INCLUDING DEFAULTS INCLUDING CONSTRAINTS, '
             'CONSTRAINT oid_check CHECK (originator_node_id = %s)) '
             'PARTITION BY RANGE (originator_sequence_id)',
-            current_schema(), v_name, v_parent, p_oid);
+            pg_catalog.current_schema(), v_name, v_parent, p_oid);
+        PERFORM partitiond_own(pg_catalog.format('%I.%I', pg_catalog.current_schema(), v_name)::regclass, v_parent);
     END IF;
-    EXECUTE format('ALTER TABLE %s ATTACH PARTITION %I.%I FOR VALUES IN (%s)',
-                   v_parent, current_schema(), v_name, p_oid);
-    v_child := format('%I.%I', current_schema(), v_name)::regclass;
+    EXECUTE pg_catalog.format('ALTER TABLE %s ATTACH PARTITION %I.%I FOR VALUES IN (%s)',
+                   v_parent, pg_catalog.current_schema(), v_name, p_oid);
+    v_child := pg_catalog.format('%I.%I', pg_catalog.current_schema(), v_name)::regclass;
     PERFORM partitiond_drop_seed(v_child, 'oid_check');
     RETURN v_child;
 END
@@ -168,7 +309,7 @@ DECLARE
     v_name  text := partitiond_l2_name(p_tree, p_oid, p_start, p_end);
     v_clash record;
 BEGIN
-    PERFORM pg_advisory_xact_lock(hashtext(format('xmtpd.%s_l2', p_tree)), hashtext(format('%s:%s', p_oid, p_start)));
+    PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext(pg_catalog.format('xmtpd.%s_l2', p_tree)), pg_catalog.hashtext(pg_catalog.format('%s:%s', p_oid, p_start)));
     SELECT * INTO v_clash FROM partitiond_l2_children(p_l1)
     WHERE band_start < p_end AND band_end > p_start
     ORDER BY band_start LIMIT 1;
@@ -183,15 +324,16 @@ BEGIN
     END IF;
 
     IF partitiond_unattached(v_name, 'r') IS NULL THEN
-        EXECUTE format(
+        EXECUTE pg_catalog.format(
             'CREATE TABLE %I.%I (LIKE %s INCLUDING DEFAULTS INCLUDING CONSTRAINTS, '
             'CONSTRAINT seq_id_check CHECK (originator_node_id = %s '
             'AND originator_sequence_id >= %s AND originator_sequence_id < %s))',
-            current_schema(), v_name, p_l1, p_oid, p_start, p_end);
+            pg_catalog.current_schema(), v_name, p_l1, p_oid, p_start, p_end);
+        PERFORM partitiond_own(pg_catalog.format('%I.%I', pg_catalog.current_schema(), v_name)::regclass, p_l1);
     END IF;
-    EXECUTE format('ALTER TABLE %s ATTACH PARTITION %I.%I FOR VALUES FROM (%s) TO (%s)',
-                   p_l1, current_schema(), v_name, p_start, p_end);
-    PERFORM partitiond_drop_seed(format('%I.%I', current_schema(), v_name)::regclass, 'seq_id_check');
+    EXECUTE pg_catalog.format('ALTER TABLE %s ATTACH PARTITION %I.%I FOR VALUES FROM (%s) TO (%s)',
+                   p_l1, pg_catalog.current_schema(), v_name, p_start, p_end);
+    PERFORM partitiond_drop_seed(pg_catalog.format('%I.%I', pg_catalog.current_schema(), v_name)::regclass, 'seq_id_check');
 END
 $$;
 
@@ -201,10 +343,10 @@ RETURNS boolean
 LANGUAGE sql STABLE
 SET search_path FROM CURRENT
 AS $$
-    SELECT count(*) = 2
-    FROM unnest(ARRAY['gateway_envelopes_meta', 'gateway_envelopes_blob']) AS t(tree)
+    SELECT pg_catalog.count(*) = 2
+    FROM pg_catalog.unnest(ARRAY['gateway_envelopes_meta', 'gateway_envelopes_blob']) AS t(tree)
     CROSS JOIN LATERAL partitiond_l2_children(
-        partitiond_l1_child(format('%I.%I', current_schema(), t.tree)::regclass, p_oid)) AS l2
+        partitiond_l1_child(pg_catalog.format('%I.%I', pg_catalog.current_schema(), t.tree)::regclass, p_oid)) AS l2
     WHERE l2.band_start = p_start AND l2.band_end = p_end
 $$;
 
@@ -241,23 +383,25 @@ DECLARE
     v_staged CONSTANT text := partitiond_stage_name(v_tree, p_oid, p_start);
     v_l1     regclass;
 BEGIN
-    IF p_oid IS NULL OR p_start IS NULL OR p_end IS NULL OR p_blob IS NULL OR p_start < 0 OR p_end <= p_start THEN
-        RAISE EXCEPTION 'partitiond_stage_table: no such band [%, %) of originator %', p_start, p_end, p_oid
+    PERFORM partitiond_check_band(p_oid, p_start, p_end);
+    IF p_blob IS NULL THEN
+        RAISE EXCEPTION 'partitiond_stage_table: which tree (p_blob) must not be NULL'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     -- A table of an earlier attempt (or of a crashed run): its shape may predate a migration, so rebuild it.
-    IF to_regclass(format('%I.%I', current_schema(), v_staged)) IS NOT NULL THEN
-        EXECUTE format('DROP TABLE %I.%I', current_schema(), v_staged);
+    IF pg_catalog.to_regclass(pg_catalog.format('%I.%I', pg_catalog.current_schema(), v_staged)) IS NOT NULL THEN
+        EXECUTE pg_catalog.format('DROP TABLE %I.%I', pg_catalog.current_schema(), v_staged);
     END IF;
-    v_l1 := partitiond_l1_child(format('%I.%I', current_schema(), v_tree)::regclass, p_oid);
+    v_l1 := partitiond_l1_child(pg_catalog.format('%I.%I', pg_catalog.current_schema(), v_tree)::regclass, p_oid);
     IF v_l1 IS NULL
        OR EXISTS (SELECT 1 FROM partitiond_l2_children(v_l1) WHERE band_start < p_end AND band_end > p_start)
-       OR to_regclass(format('%I.%I', current_schema(), partitiond_l2_name(v_tree, p_oid, p_start, p_end))) IS NOT NULL
+       OR pg_catalog.to_regclass(pg_catalog.format('%I.%I', pg_catalog.current_schema(), partitiond_l2_name(v_tree, p_oid, p_start, p_end))) IS NOT NULL
     THEN
         RETURN false;
     END IF;
-    EXECUTE format('CREATE TABLE %I.%I (LIKE %s INCLUDING DEFAULTS INCLUDING CONSTRAINTS)',
-                   current_schema(), v_staged, v_l1);
+    EXECUTE pg_catalog.format('CREATE TABLE %I.%I (LIKE %s INCLUDING DEFAULTS INCLUDING CONSTRAINTS)',
+                   pg_catalog.current_schema(), v_staged, v_l1);
+    PERFORM partitiond_own(pg_catalog.format('%I.%I', pg_catalog.current_schema(), v_staged)::regclass, v_l1);
     RETURN true;
 END
 $$;
@@ -273,15 +417,15 @@ LANGUAGE plpgsql
 SET search_path FROM CURRENT
 AS $$
 DECLARE
-    v_meta CONSTANT regclass := format('%I.%I', current_schema(), 'gateway_envelopes_meta')::regclass;
-    v_blob CONSTANT regclass := format('%I.%I', current_schema(), 'gateway_envelopes_blob')::regclass;
+    v_meta CONSTANT regclass := pg_catalog.format('%I.%I', pg_catalog.current_schema(), 'gateway_envelopes_meta')::regclass;
+    v_blob CONSTANT regclass := pg_catalog.format('%I.%I', pg_catalog.current_schema(), 'gateway_envelopes_blob')::regclass;
     v_l1   regclass;
 BEGIN
-    PERFORM set_config('lock_timeout', format('%sms', greatest(1, p_lock_timeout_ms)), true);
-    EXECUTE format('LOCK TABLE %s IN ACCESS SHARE MODE', v_meta);
+    PERFORM pg_catalog.set_config('lock_timeout', pg_catalog.format('%sms', greatest(1, p_lock_timeout_ms)), true);
+    EXECUTE pg_catalog.format('LOCK TABLE %s IN ACCESS SHARE MODE', v_meta);
     FOREACH v_l1 IN ARRAY ARRAY[partitiond_l1_child(v_meta, p_oid), partitiond_l1_child(v_blob, p_oid)] LOOP
         IF v_l1 IS NOT NULL THEN  -- planning a query that prunes every partition builds the descriptor only
-            EXECUTE format('SELECT FROM %s WHERE originator_sequence_id < 0', v_l1);
+            EXECUTE pg_catalog.format('SELECT FROM %s WHERE originator_sequence_id < 0', v_l1);
         END IF;
     END LOOP;
     RETURN true;
@@ -302,10 +446,10 @@ LANGUAGE sql STABLE
 SET search_path FROM CURRENT
 AS $$
     WITH RECURSIVE blob_l1(rel) AS (
-        SELECT partitiond_l1_child(format('%I.%I', current_schema(), 'gateway_envelopes_blob')::regclass, p_oid)
+        SELECT partitiond_l1_child(pg_catalog.format('%I.%I', pg_catalog.current_schema(), 'gateway_envelopes_blob')::regclass, p_oid)
     ),
     meta_tree(rel) AS (  -- from pg_inherits: pg_partition_tree() would lock every partition
-        SELECT format('%I.%I', current_schema(), 'gateway_envelopes_meta')::regclass
+        SELECT pg_catalog.format('%I.%I', pg_catalog.current_schema(), 'gateway_envelopes_meta')::regclass
         UNION ALL
         SELECT i.inhrelid::regclass FROM pg_catalog.pg_inherits AS i
         JOIN meta_tree ON i.inhparent = meta_tree.rel
@@ -314,8 +458,8 @@ AS $$
     needed(rel) AS (
         SELECT rel FROM meta_tree
         UNION ALL
-        SELECT to_regclass(format('%I.%I', current_schema(), t))
-        FROM unnest(ARRAY['payers', 'blockchain_messages', 'gateway_envelopes_blob']) AS t
+        SELECT pg_catalog.to_regclass(pg_catalog.format('%I.%I', pg_catalog.current_schema(), t))
+        FROM pg_catalog.unnest(ARRAY['payers', 'blockchain_messages', 'gateway_envelopes_blob']) AS t
         UNION ALL
         SELECT rel FROM blob_l1
     ),
@@ -325,20 +469,20 @@ AS $$
         WHERE locktype = 'advisory' AND mode = 'ShareLock' AND objsubid = 1
           AND classid::bigint = (p_key >> 32) & 4294967295 AND objid::bigint = p_key & 4294967295
     )
-    SELECT l.pid, l.virtualtransaction, format('%s on %s held by pid %s', l.mode, l.relation::regclass, l.pid)
+    SELECT l.pid, l.virtualtransaction, pg_catalog.format('%s on %s held by pid %s', l.mode, l.relation::regclass, l.pid)
     FROM locks AS l
     JOIN needed ON needed.rel = l.relation
     WHERE l.locktype = 'relation'
-      AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())
+      AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())
       AND (l.mode IN ('ShareUpdateExclusiveLock', 'ShareLock', 'ShareRowExclusiveLock', 'ExclusiveLock',
                       'AccessExclusiveLock')
            OR (l.mode = 'RowExclusiveLock' AND l.pid NOT IN (SELECT protocol.pid FROM protocol)))
     UNION ALL
-    SELECT l.pid, l.virtualtransaction, format('%s on %s held by pid %s', l.mode, l.relation::regclass, l.pid)
+    SELECT l.pid, l.virtualtransaction, pg_catalog.format('%s on %s held by pid %s', l.mode, l.relation::regclass, l.pid)
     FROM locks AS l
     JOIN blob_l1 ON blob_l1.rel = l.relation
     WHERE p_readers AND l.locktype = 'relation' AND l.mode = 'AccessShareLock'
-      AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())
+      AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())
 $$;
 
 -- Who holds a lock the band would wait for, if anybody (NULL otherwise): read BEFORE key 5, so that
@@ -356,15 +500,15 @@ LANGUAGE plpgsql
 SET search_path FROM CURRENT
 AS $$
 DECLARE
-    v_first text[] := ARRAY(SELECT h.pid || '/' || h.vxid || '/' || h.what
+    v_first text[] := ARRAY(SELECT pg_catalog.format('%s/%s/%s', h.pid, h.vxid, h.what)
                             FROM partitiond_lock_holders(p_oid, p_key, p_readers) AS h);
 BEGIN
-    IF cardinality(v_first) = 0 THEN
+    IF pg_catalog.cardinality(v_first) = 0 THEN
         RETURN NULL;
     END IF;
     PERFORM pg_catalog.pg_sleep(0.01);
     RETURN (SELECT h.what FROM partitiond_lock_holders(p_oid, p_key, p_readers) AS h
-            WHERE h.pid || '/' || h.vxid || '/' || h.what = ANY (v_first)
+            WHERE pg_catalog.format('%s/%s/%s', h.pid, h.vxid, h.what) = ANY (v_first)
             ORDER BY h.pid LIMIT 1);
 END
 $$;
@@ -376,9 +520,9 @@ LANGUAGE plpgsql
 SET search_path FROM CURRENT
 AS $$
 BEGIN
-    EXECUTE format('ALTER TABLE %I.%I RENAME TO %I', current_schema(), p_staged, p_name);
-    EXECUTE format('ALTER TABLE %s ATTACH PARTITION %I.%I FOR VALUES FROM (%s) TO (%s)',
-                   p_l1, current_schema(), p_name, p_start, p_end);
+    EXECUTE pg_catalog.format('ALTER TABLE %I.%I RENAME TO %I', pg_catalog.current_schema(), p_staged, p_name);
+    EXECUTE pg_catalog.format('ALTER TABLE %s ATTACH PARTITION %I.%I FOR VALUES FROM (%s) TO (%s)',
+                   p_l1, pg_catalog.current_schema(), p_name, p_start, p_end);
 END
 $$;
 
@@ -402,15 +546,16 @@ AS $$
 DECLARE
     v_meta     CONSTANT text := 'gateway_envelopes_meta';
     v_blob     CONSTANT text := 'gateway_envelopes_blob';
-    v_meta_l1  CONSTANT regclass := partitiond_l1_child(format('%I.%I', current_schema(), v_meta)::regclass, p_oid);
-    v_blob_l1  CONSTANT regclass := partitiond_l1_child(format('%I.%I', current_schema(), v_blob)::regclass, p_oid);
+    v_meta_l1  CONSTANT regclass := partitiond_l1_child(pg_catalog.format('%I.%I', pg_catalog.current_schema(), v_meta)::regclass, p_oid);
+    v_blob_l1  CONSTANT regclass := partitiond_l1_child(pg_catalog.format('%I.%I', pg_catalog.current_schema(), v_blob)::regclass, p_oid);
     v_names    CONSTANT text[] := ARRAY[partitiond_l2_name(v_meta, p_oid, p_start, p_end),
                                         partitiond_l2_name(v_blob, p_oid, p_start, p_end)];
     v_staged   CONSTANT text[] := ARRAY[partitiond_stage_name(v_meta, p_oid, p_start),
                                         partitiond_stage_name(v_blob, p_oid, p_start)];
     v_slow     boolean := false;
-    v_t        timestamptz[] := ARRAY[clock_timestamp()];
+    v_t        timestamptz[] := ARRAY[pg_catalog.clock_timestamp()];
 BEGIN
+    PERFORM partitiond_check_band(p_oid, p_start, p_end);
     IF v_meta_l1 IS NULL OR v_blob_l1 IS NULL THEN
         RAISE EXCEPTION 'partitiond_attach_staged: originator % has no L1 partition in both trees', p_oid
             USING ERRCODE = 'invalid_parameter_value';
@@ -421,15 +566,15 @@ BEGIN
     -- may still hold the "missing" it cached before the wait.  A creator with another band width would
     -- overlap instead, and ATTACH refuses that (42P17).
     IF EXISTS (SELECT 1 FROM pg_catalog.pg_class AS c
-               WHERE c.relnamespace = current_schema()::regnamespace AND c.relname = ANY (v_names::name[]))
+               WHERE c.relnamespace = partitiond_namespace() AND c.relname = ANY (v_names::name[]))
     THEN
-        RETURN jsonb_build_object('status', 'existed');
+        RETURN pg_catalog.jsonb_build_object('status', 'existed');
     END IF;
-    v_t := v_t || clock_timestamp();
+    v_t := pg_catalog.array_append(v_t, pg_catalog.clock_timestamp());
     -- The blob L1 first: if a reader keeps it past the budget, the band is refused before any DDL ran, so
     -- the refusal holds key 5 for the budget and no longer.
     BEGIN
-        EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', v_blob_l1);
+        EXECUTE pg_catalog.format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', v_blob_l1);
     EXCEPTION WHEN lock_not_available THEN
         IF NOT p_allow_slow THEN
             RAISE EXCEPTION 'the blob partition % of originator % is being read for longer than the hold budget',
@@ -439,26 +584,27 @@ BEGIN
         END IF;
         v_slow := true;
     END;
-    v_t := v_t || clock_timestamp();
+    v_t := pg_catalog.array_append(v_t, pg_catalog.clock_timestamp());
     -- Then the children in the order of every xmtpd ensure: meta L2, then blob L2.
     PERFORM partitiond_attach_table(v_meta_l1, v_staged[1], v_names[1], p_start, p_end);
-    v_t := v_t || clock_timestamp();
+    v_t := pg_catalog.array_append(v_t, pg_catalog.clock_timestamp());
     IF v_slow THEN
         PERFORM partitiond_attach_table(v_blob_l1, v_staged[2], v_names[2], p_start, p_end);
     ELSE
-        EXECUTE format('DROP TABLE %I.%I', current_schema(), v_staged[2]);
-        EXECUTE format('CREATE TABLE %I.%I PARTITION OF %s FOR VALUES FROM (%s) TO (%s)',
-                       current_schema(), v_names[2], v_blob_l1, p_start, p_end);
+        EXECUTE pg_catalog.format('DROP TABLE %I.%I', pg_catalog.current_schema(), v_staged[2]);
+        EXECUTE pg_catalog.format('CREATE TABLE %I.%I PARTITION OF %s FOR VALUES FROM (%s) TO (%s)',
+                       pg_catalog.current_schema(), v_names[2], v_blob_l1, p_start, p_end);
+        PERFORM partitiond_own(pg_catalog.format('%I.%I', pg_catalog.current_schema(), v_names[2])::regclass, v_blob_l1);
     END IF;
-    v_t := v_t || clock_timestamp();
-    RETURN jsonb_build_object(
+    v_t := pg_catalog.array_append(v_t, pg_catalog.clock_timestamp());
+    RETURN pg_catalog.jsonb_build_object(
         'status', 'created',
         'path', CASE WHEN v_slow THEN 'attach' ELSE 'partition_of' END,
-        'ms', jsonb_build_object(
-            'check', 1000 * extract(epoch FROM v_t[2] - v_t[1]),
-            'blob_lock', 1000 * extract(epoch FROM v_t[3] - v_t[2]),
-            'meta', 1000 * extract(epoch FROM v_t[4] - v_t[3]),
-            'blob', 1000 * extract(epoch FROM v_t[5] - v_t[4])));
+        'ms', pg_catalog.jsonb_build_object(
+            'check', extract(epoch FROM v_t[2] - v_t[1]) * 1000.0,
+            'blob_lock', extract(epoch FROM v_t[3] - v_t[2]) * 1000.0,
+            'meta', extract(epoch FROM v_t[4] - v_t[3]) * 1000.0,
+            'blob', extract(epoch FROM v_t[5] - v_t[4]) * 1000.0));
 END
 $$;
 
@@ -475,26 +621,30 @@ DECLARE
 BEGIN
     FOR v_rel IN
         SELECT c.oid::regclass FROM pg_catalog.pg_class AS c
-        WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind = 'r' AND NOT c.relispartition
+        WHERE c.relnamespace = partitiond_namespace() AND c.relkind = 'r' AND NOT c.relispartition
           AND p_oid IS NULL AND c.relname ~ '^partitiond_stage_(meta|blob)_o-?[0-9]+_s[0-9]+$'
         UNION ALL
         SELECT c.oid::regclass FROM pg_catalog.pg_class AS c
-        WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind = 'r' AND NOT c.relispartition
+        WHERE c.relnamespace = partitiond_namespace() AND c.relkind = 'r' AND NOT c.relispartition
           AND p_oid IS NOT NULL
           AND c.relname IN (partitiond_stage_name('gateway_envelopes_meta', p_oid, p_start),
                             partitiond_stage_name('gateway_envelopes_blob', p_oid, p_start))
     LOOP
-        EXECUTE format('DROP TABLE %s', v_rel);
+        EXECUTE pg_catalog.format('DROP TABLE %s', v_rel);
         v_count := v_count + 1;
     END LOOP;
     RETURN v_count;
 END
 $$;
 
-CREATE OR REPLACE FUNCTION ensure_gateway_parts_v4(
+-- The band holding (p_originator_node_id, p_originator_sequence_id), created if missing: both L1s, then
+-- both L2s.  partitiond's executor calls this, never ensure_gateway_parts_v4, so that a function of that
+-- name replaced by someone else (an xmtpd migration shipping its own v4, say) cannot change what
+-- partitiond runs; partitiond refuses to run when it sees that (the family's digest no longer matches).
+CREATE OR REPLACE FUNCTION partitiond_ensure(
     p_originator_node_id int,
     p_originator_sequence_id bigint,
-    p_band_width bigint DEFAULT 1000000
+    p_band_width bigint
 ) RETURNS void
 LANGUAGE plpgsql
 SET search_path FROM CURRENT
@@ -523,9 +673,10 @@ BEGIN
         RAISE EXCEPTION 'ensure_gateway_parts_v4: the band holding sequence id % would end past the bigint maximum',
                         p_originator_sequence_id
             USING ERRCODE = 'invalid_parameter_value',
-                  DETAIL = format('Band start %s + width %s > 9223372036854775807.', v_start, p_band_width);
+                  DETAIL = pg_catalog.format('Band start %s + width %s > 9223372036854775807.', v_start, p_band_width);
     END IF;
     v_end := v_start + p_band_width;
+    PERFORM partitiond_check_band(p_originator_node_id, v_start, v_end);
 
     IF partitiond_band_exists(p_originator_node_id, v_start, v_end) THEN
         RETURN;
@@ -539,4 +690,16 @@ BEGIN
     PERFORM partitiond_ensure_l2('gateway_envelopes_meta', v_meta_l1, p_originator_node_id, v_start, v_end);
     PERFORM partitiond_ensure_l2('gateway_envelopes_blob', v_blob_l1, p_originator_node_id, v_start, v_end);
 END
+$$;
+
+-- The entry point xmtpd knows (same name, signature and contract as xmtpd's own v4 proposal).
+CREATE OR REPLACE FUNCTION ensure_gateway_parts_v4(
+    p_originator_node_id int,
+    p_originator_sequence_id bigint,
+    p_band_width bigint DEFAULT 1000000
+) RETURNS void
+LANGUAGE sql
+SET search_path FROM CURRENT
+AS $$
+    SELECT partitiond_ensure(p_originator_node_id, p_originator_sequence_id, p_band_width)
 $$;
