@@ -10,7 +10,7 @@ the next band) and adds what the worker lacks:
   within ``runway_seconds``, however low the fill, and with ``max_bands_ahead > 1`` further bands are added
   while the end of the last one is still within the runway.
 
-Two limits protect xmtpd's pruner (xmtpd-schema-facts §6): nothing is planned more than
+Two limits protect against xmtpd's pruner: nothing is planned more than
 ``max_bands_ahead`` bands above the current band (the pruner drops empty bands below the highest one, so
 empty future bands are at risk), and nothing is ever planned below the current band (pruned bands stay
 pruned).  A band whose end would overflow ``bigint`` is silently never planned.

@@ -1,6 +1,6 @@
 """A synthetic xmtpd writer that follows xmtpd's lazy insert protocol exactly.
 
-Tests, benchmarks and the demo need traffic that behaves like xmtpd's insert path (facts doc §4-§5):
+Tests, benchmarks and the demo need traffic that behaves like xmtpd's insert path:
 meta and blob rows go in with ONE statement, inside a transaction that holds the shared side of the
 partition-creation advisory lock (key 5); when PostgreSQL answers 23514 "no partition of relation … found
 for row", the transaction is rolled back, the band is created in a separate transaction holding the

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from partitiond.bands import INT4_MAX, INT4_MIN, INT8_MAX, Band, band_for, band_index, fill_ratio, next_band
 
 W = 1_000_000
-LAST_STORABLE_SEQ = 9_223_372_036_853_999_999  # xmtpd-schema-facts §8
+LAST_STORABLE_SEQ = 9_223_372_036_853_999_999  # the last band that fits in bigint
 widths = st.integers(min_value=1, max_value=10**12)
 
 

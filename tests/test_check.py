@@ -10,9 +10,9 @@ from dataclasses import replace
 import psycopg
 import pytest
 
-from partitiond import catalog, check, sqlfiles
+from partitiond import catalog, check, check_bands, check_model, sqlfiles
 from partitiond.bands import Band
-from partitiond.check import CatalogFact, Facts, Finding
+from partitiond.check_model import CatalogFact, Facts, Finding
 from partitiond.cluster import LocalCluster
 from partitiond.config import Settings
 from partitiond.forecast import Forecast
@@ -46,7 +46,7 @@ def parts(
     oid: int, *starts: int, trees: Sequence[str] = (META, BLOB), width: int = W
 ) -> list[catalog.Partition]:
     return [
-        catalog.Partition(tree, oid, band, check.expected_name(tree, oid, band))
+        catalog.Partition(tree, oid, band, check_bands.expected_name(tree, oid, band))
         for start in starts
         for band in [Band(start, start + width)]
         for tree in trees
@@ -78,7 +78,7 @@ def problems(findings: list[Finding]) -> list[tuple[str, str, str]]:
 def test_a_healthy_database_is_all_ok() -> None:
     findings = check.evaluate(facts({100: 250_000, 200: None}, parts(100, 0) + parts(200, 0)), SETTINGS)
     assert problems(findings) == []
-    assert check.exit_code(findings) == 0
+    assert check_model.exit_code(findings) == 0
     assert {f.check for f in findings} >= {
         "function",
         "tables",
@@ -110,7 +110,7 @@ def test_a_missing_or_half_current_band_is_critical(trees: tuple[str, ...], says
     assert (current.severity, current.subject) == ("critical", "originator 100")
     assert "seq 1,500,000: band 1 [1,000,000, 2,000,000) " + says in current.message
     assert only(findings, "runway") == []  # no runway without a current band
-    assert check.exit_code(findings) == 2
+    assert check_model.exit_code(findings) == 2
 
 
 def test_a_configured_originator_without_partitions_is_critical() -> None:
@@ -204,7 +204,7 @@ def test_gaps_below_the_current_band_are_info_above_it_a_warning() -> None:
     [gap] = only(below, "gaps")
     assert gap.severity == "info"
     assert "[0, 2,000,000), [4,000,000, 5,000,000)" in gap.message and "pruner" in gap.message
-    assert check.exit_code(below) == 0
+    assert check_model.exit_code(below) == 0
     above = check.evaluate(facts({100: 10}, parts(100, 0, 3 * W)), SETTINGS)
     [hole] = only(above, "gaps")
     assert hole.severity == "warning"
@@ -290,7 +290,7 @@ def test_impossible_positions_are_critical_never_a_crash() -> None:
     negative, too_high = only(findings, "current-band")
     assert negative.message.startswith("position -5 is negative")
     assert "ends past the bigint maximum 9,223,372,036,854,775,807" in too_high.message
-    assert check.exit_code(findings) == 2
+    assert check_model.exit_code(findings) == 2
 
 
 def test_the_last_storable_band_says_nothing_can_follow() -> None:
@@ -311,7 +311,7 @@ def test_a_standby_is_only_info() -> None:
         "server is a standby: checking the replicated catalog read-only (partitiond creates partitions on "
         "the primary)",
     )
-    assert check.exit_code(findings) == 0
+    assert check_model.exit_code(findings) == 0
 
 
 def test_many_findings_of_one_check_are_folded() -> None:
@@ -319,7 +319,7 @@ def test_many_findings_of_one_check_are_folded() -> None:
         0, 0, trees=(BLOB,)
     )
     names = only(check.evaluate(facts({0: 10}, bands), SETTINGS), "names")
-    assert len(names) == check.MAX_PER_CHECK + 1
+    assert len(names) == check_model.MAX_PER_CHECK + 1
     assert names[-1] == Finding("warning", "names", "10 more", "10 more findings like the above")
 
 
@@ -327,8 +327,8 @@ def test_many_findings_of_one_check_are_folded() -> None:
     ("severities", "code"),
     [((), 0), (("ok", "info"), 0), (("ok", "warning"), 1), (("warning", "critical", "info"), 2)],
 )
-def test_exit_code_is_the_worst_severity(severities: tuple[check.Severity, ...], code: int) -> None:
-    assert check.exit_code(Finding(s, "c", "s", "m") for s in severities) == code
+def test_exit_code_is_the_worst_severity(severities: tuple[check_model.Severity, ...], code: int) -> None:
+    assert check_model.exit_code(Finding(s, "c", "s", "m") for s in severities) == code
 
 
 def test_render_table_and_json() -> None:
@@ -379,7 +379,7 @@ def test_check_is_read_only(conn: Conn, db_dsn: str) -> None:
 
 
 def test_prune_drop_cascade_loses_both_foreign_keys(conn: Conn, db_dsn: str) -> None:
-    """xmtpd's DropPrunablePartitions on PostgreSQL 15 (xmtpd-schema-facts §6)."""
+    """xmtpd's DropPrunablePartitions on PostgreSQL 15 (DROP TABLE … CASCADE of one band)."""
     seed_rows(conn, 100, [10, 1_000_005])
     conn.execute("DELETE FROM gateway_envelopes_meta WHERE originator_sequence_id < 1000000")
     conn.execute(

@@ -35,7 +35,7 @@ def everything(p: Plan) -> tuple[PlannedBand, ...]:
     return p.creates + p.deferred
 
 
-# --- xmtpd's worker_internal_test.go table (xmtpd-schema-facts §7.2), default Policy ---------------------
+# --- xmtpd's worker_internal_test.go table, default Policy -----------------------------------------------
 
 
 @pytest.mark.parametrize(

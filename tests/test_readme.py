@@ -34,3 +34,26 @@ def test_the_first_screen_gives_the_two_commands() -> None:
     first_screen = "\n".join(README.splitlines()[:30])
     assert "make demo" in first_screen
     assert "make test" in first_screen
+
+
+def test_nothing_in_the_repository_cites_documents_outside_it() -> None:
+    """The project stands alone: docs, help texts, messages and comments say what they mean in their own
+    words instead of pointing at design notes that a user of the repository does not have."""
+    root = Path(__file__).resolve().parent.parent
+    outside = (
+        "shared" + "/docs",
+        "schema" + "-facts",
+        "facts " + "doc",
+        "prior" + "-art-and",
+        "daemon" + "-conventions",
+    )
+    suffixes = {".py", ".md", ".sql", ".yaml", ".yml", ".service", ".timer", ".toml", ".cfg"}
+    skipped = {".venv", ".git", ".mypy_cache", ".ruff_cache", ".pytest_cache", ".hypothesis", ".demo"}
+    cited = [
+        f"{path.relative_to(root)}: {word}"
+        for path in root.rglob("*")
+        if path.is_file() and path.suffix in suffixes and not skipped & set(path.relative_to(root).parts)
+        for word in outside
+        if word in path.read_text(encoding="utf-8", errors="replace")
+    ]
+    assert cited == []

@@ -1,5 +1,5 @@
--- The xmtpd gateway-envelope schema as it stands after xmtpd migration 00023, written from the facts in
--- shared/docs/xmtpd-schema-facts.md section 1.  partitiond NEVER applies this to a real database: it exists
+-- The xmtpd gateway-envelope schema as it stands after xmtpd migration 00023, written from xmtpd's public
+-- migrations.  partitiond NEVER applies this to a real database: it exists
 -- so that tests, benchmarks and the demo run against the same shape that production has.
 --
 -- Objects are created in the first schema of the installer's search_path.

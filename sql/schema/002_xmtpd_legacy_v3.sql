@@ -1,5 +1,5 @@
 -- The behaviour of xmtpd's ensure_gateway_parts_v3 (migration 00023: v2 meta helpers + v3 blob helpers),
--- reproduced from shared/docs/xmtpd-schema-facts.md sections 2.2 and 2.3 so that tests can prove that
+-- reproduced from xmtpd's public migrations so that tests can prove that
 -- ensure_gateway_parts_v4 coexists with partitions v3 created.  Test and demo use only.
 --
 -- Kept faithfully, defects included:
