@@ -1,9 +1,10 @@
 """The ``partitiond`` command line.
 
-Every setting is a flag on every command, an environment variable ``PARTITIOND_<NAME>`` and a key in an
-optional TOML file (``--config``); flags win over the environment, which wins over the file.  Options are
-declared as plain strings and parsed by :mod:`partitiond.config`, so a flag, a variable and a file key are
-validated by the same code and produce the same messages.
+Every setting is a flag, an environment variable ``PARTITIOND_<NAME>`` and a key in an optional TOML file
+(``--config``); flags win over the environment, which wins over the file.  Each command's ``--help`` lists
+the settings it uses (groups defined once, in :data:`COMMAND_SETTINGS`).  Options are declared as plain
+strings and parsed by :mod:`partitiond.config`, so a flag, a variable and a file key are validated by the
+same code and produce the same messages.
 
 Exit codes (run-once, plan, status, install-sql): 0 ok, 1 some bands failed, 2 usage or configuration
 error, 3 cannot connect or wrong server state (standby), 4 required function, tables or privileges missing.
@@ -18,7 +19,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,11 +27,10 @@ import click
 import psycopg
 import structlog
 
-from partitiond import __version__, access, pipeline, sqlfiles
+from partitiond import __version__, access, catalog, pipeline, sqlfiles
 from partitiond.check import check_and_report
 from partitiond.config import ConfigError, Settings, format_duration, load_settings
 from partitiond.demo import demo_command
-from partitiond.executor import ensure_sql
 from partitiond.lease import LeaderLease, LeaseHolder, describe_holders, holders, lease_document
 from partitiond.logs import configure_logging
 from partitiond.metrics import Metrics
@@ -48,80 +48,115 @@ class Opt:
     flags: tuple[str, ...]
     field: str
     help: str
+    metavar: str = "VALUE"
     multiple: bool = False
     is_flag_pair: bool = False
 
 
 D = Settings()
 OPTIONS: tuple[Opt, ...] = (
-    Opt(("--config",), "config", "TOML file with settings (keys are the option names with underscores)."),
-    Opt(("--dsn",), "dsn", "libpq conninfo or URL. Default: PG* environment variables. Prefer --dsn-file."),
+    Opt(
+        ("--config",),
+        "config",
+        "TOML file with settings (keys are the option names with underscores); `partitiond run` reads it "
+        "again on SIGHUP.",
+        "FILE",
+    ),
+    Opt(
+        ("--dsn",),
+        "dsn",
+        "libpq conninfo or URL. Default: PG* environment variables. Prefer --dsn-file.",
+        "DSN",
+    ),
     Opt(
         ("--dsn-file",),
         "dsn_file",
         "File holding the DSN (e.g. a mounted Secret). systemd's "
         "LoadCredential=dsn is picked up automatically.",
+        "FILE",
     ),
-    Opt(("--schema",), "schema", f"Schema holding the envelope tables and functions. [default: {D.schema}]"),
+    Opt(
+        ("--schema",),
+        "schema",
+        f"Schema holding the envelope tables and functions. [default: {D.schema}]",
+        "NAME",
+    ),
     Opt(
         ("--originator",),
         "originators",
-        "Originator id to provision even before it has rows (repeatable; env: comma-separated).",
+        "Originator id to provision even before it has rows (repeatable; the variable takes a "
+        "comma-separated list).",
+        "ID",
         multiple=True,
     ),
     Opt(
         ("--band-width",),
         "band_width",
         f"Sequence ids per band; must match existing partitions. [default: {D.band_width:_}]",
+        "N",
     ),
     Opt(
         ("--fill-threshold",),
         "fill_threshold",
         f"Create the next band when the current one is more than this full. [default: {D.fill_threshold}]",
+        "RATIO",
     ),
     Opt(
         ("--max-bands-ahead",),
         "max_bands_ahead",
         "Most bands above the current one. xmtpd's pruner drops "
         f"empty bands below the highest, so keep 1. [default: {D.max_bands_ahead}]",
+        "N",
     ),
     Opt(
         ("--max-creates-per-run",),
         "max_creates_per_run",
         f"Cap on bands created in one run, most urgent first. [default: {D.max_creates_per_run}]",
+        "N",
     ),
     Opt(
         ("--interval",),
         "interval",
         f"Time between full runs (e.g. 30m). [default: {format_duration(D.interval)}]",
+        "DURATION",
     ),
-    Opt(("--jitter",), "jitter", f"Random delay added to each run. [default: {format_duration(D.jitter)}]"),
+    Opt(
+        ("--jitter",),
+        "jitter",
+        f"Random delay added to each run. [default: {format_duration(D.jitter)}]",
+        "DURATION",
+    ),
     Opt(
         ("--runway",),
         "runway",
         "Create the next band when the forecast says the last one ends within "
         "this time. [default: 2 x interval]",
+        "DURATION",
     ),
     Opt(
         ("--probe-interval",),
         "probe_interval",
         f"Cheap position probes between runs; 0 disables. [default: {format_duration(D.probe_interval)}]",
+        "DURATION",
     ),
     Opt(
         ("--max-jump-bands",),
         "max_jump_bands",
         f"A position jump larger than this many bands is logged as suspicious. [default: {D.max_jump_bands}]",
+        "N",
     ),
     Opt(
         ("--lock-timeout",),
         "lock_timeout",
         "Longest wait for a lock before key 5, while partitiond holds nothing xmtpd needs (staging a "
         f"band's tables). [default: {format_duration(D.lock_timeout)}]",
+        "DURATION",
     ),
     Opt(
         ("--statement-timeout",),
         "statement_timeout",
         f"Statement timeout outside the key-5 hold. [default: {format_duration(D.statement_timeout)}]",
+        "DURATION",
     ),
     Opt(
         ("--hold-budget",),
@@ -129,18 +164,21 @@ OPTIONS: tuple[Opt, ...] = (
         "Longest wait for any lock while partitiond holds or queues for key 5 (every insert waits "
         "meanwhile); past it the band is deferred and retried. Kept below the server's "
         f"deadlock_timeout. [default: {format_duration(D.hold_budget)}]",
+        "DURATION",
     ),
     Opt(
         ("--hold-timeout",),
         "hold_timeout",
         "Longest a statement may run while partitiond holds key 5; past it the band is deferred. Kept "
         f"below the server's deadlock_timeout. [default: {format_duration(D.hold_timeout)}]",
+        "DURATION",
     ),
     Opt(
         ("--idle-in-transaction-timeout",),
         "idle_in_transaction_timeout",
         "The server ends partitiond's session if it sits this long inside a band's transaction (a frozen "
         f"or cut-off partitiond releases key 5). [default: {format_duration(D.idle_in_transaction_timeout)}]",
+        "DURATION",
     ),
     Opt(
         ("--slow-path-runway",),
@@ -148,11 +186,13 @@ OPTIONS: tuple[Opt, ...] = (
         "While a reader keeps a blob L1 busy, a band is deferred unless its originator has less runway "
         "than this; then it is attached the slow way (validating the blob foreign key under key 5). "
         f"[default: {format_duration(D.slow_path_runway)}]",
+        "DURATION",
     ),
     Opt(
         ("--connect-timeout",),
         "connect_timeout",
-        f"Connect timeout. [default: {format_duration(D.connect_timeout)}]",
+        f"Connect timeout, whole seconds. [default: {format_duration(D.connect_timeout)}]",
+        "DURATION",
     ),
     Opt(
         ("--protocol-lock/--no-protocol-lock",),
@@ -164,64 +204,131 @@ OPTIONS: tuple[Opt, ...] = (
         ("--protocol-lock-key",),
         "protocol_lock_key",
         f"xmtpd's partition-creation advisory lock key. [default: {D.protocol_lock_key}]",
+        "KEY",
     ),
     Opt(
         ("--lock-attempts",),
         "lock_attempts",
-        "Attempts per band when a lock is busy (the band is deferred), or on a deadlock or "
-        f"serialization failure. [default: {D.lock_attempts}]",
+        "Attempts per band before it is left for the next pass: each deferral (a lock was busy), deadlock "
+        f"or serialization failure uses one. [default: {D.lock_attempts}]",
+        "N",
     ),
     Opt(
         ("--retry-budget",),
         "retry_budget",
         f"Total retry backoff one run may spend. [default: {format_duration(D.retry_budget)}]",
+        "DURATION",
     ),
     Opt(
         ("--leader-lock-key",),
         "leader_lock_key",
         f"Advisory lock key of the leader lease between replicas. [default: {D.leader_lock_key}]",
+        "KEY",
     ),
     Opt(
         ("--metrics-address",),
         "metrics_address",
         f"host:port for /metrics, /healthz, /readyz; empty disables. [default: {D.metrics_address}]",
+        "HOST:PORT",
     ),
     Opt(
         ("--metrics-textfile",),
         "metrics_textfile",
-        "run-once: write metrics to this node-exporter textfile (*.prom, atomic).",
+        "Write the pass's metrics to this node-exporter textfile (*.prom, written atomically).",
+        "FILE",
     ),
     Opt(
         ("--shutdown-timeout",),
         "shutdown_timeout",
         f"Longest graceful shutdown. [default: {format_duration(D.shutdown_timeout)}]",
+        "DURATION",
     ),
-    Opt(("--runway-warning",), "runway_warning", "check: warn below this runway. [default: 2 x interval]"),
+    Opt(
+        ("--runway-warning",),
+        "runway_warning",
+        "Warn when an originator's forecast runway is below this. [default: 2 x interval]",
+        "DURATION",
+    ),
     Opt(
         ("--log-format",),
         "log_format",
         "auto (console on a TTY, JSON otherwise), json or console. [default: auto]",
+        "FORMAT",
     ),
-    Opt(("--log-level",), "log_level", "debug, info, warning or error. [default: info]"),
+    Opt(("--log-level",), "log_level", "debug, info, warning or error. [default: info]", "LEVEL"),
 )
+
+# Option groups, each defined once; a command lists the groups it uses (see COMMAND_SETTINGS).
+CONNECTION = ("config", "dsn", "dsn_file", "schema", "connect_timeout")
+LOGGING = ("log_format", "log_level")
+BANDS = ("originators", "band_width")
+PLANNING = ("fill_threshold", "max_bands_ahead", "max_creates_per_run")
+LEASE = ("leader_lock_key",)
+CREATING = (
+    "lock_timeout",
+    "statement_timeout",
+    "hold_budget",
+    "hold_timeout",
+    "idle_in_transaction_timeout",
+    "protocol_lock",
+    "protocol_lock_key",
+    "lock_attempts",
+    "retry_budget",
+)
+DAEMON = (
+    "interval",
+    "jitter",
+    "probe_interval",
+    "runway",
+    "max_jump_bands",
+    "slow_path_runway",
+    "metrics_address",
+    "shutdown_timeout",
+)
+COMMAND_SETTINGS: dict[str, tuple[str, ...]] = {
+    "install-sql": CONNECTION + LOGGING,
+    "status": CONNECTION + BANDS + LEASE + LOGGING,
+    "check": CONNECTION + BANDS + ("fill_threshold", "runway_warning") + LEASE + LOGGING,
+    "plan": CONNECTION + BANDS + PLANNING + LOGGING,
+    "run-once": CONNECTION + BANDS + PLANNING + CREATING + LEASE + ("metrics_textfile",) + LOGGING,
+    "run": CONNECTION + BANDS + PLANNING + CREATING + LEASE + DAEMON + LOGGING,
+}
 
 
 def _env_name(field: str) -> str:
     return "PARTITIOND_" + field.upper()
 
 
-def settings_options(func: F) -> F:
-    """Attach every setting as an option (default None, so only what the user typed counts as a flag)."""
-    for opt in reversed(OPTIONS):
-        help_text = f"{opt.help}  (env: {_env_name(opt.field)})"
-        if opt.is_flag_pair:
-            decorator = click.option(*opt.flags, opt.field, default=None, help=help_text)
-        else:
-            decorator = click.option(
-                *opt.flags, opt.field, default=None, multiple=opt.multiple, metavar="VALUE", help=help_text
-            )
-        func = decorator(func)
-    return func
+def settings_options(command: str) -> Callable[[F], F]:
+    """Attach the settings ``command`` uses as options (default None, so only what the user typed counts
+    as a flag), in the order of OPTIONS.
+
+    The other settings are attached too but hidden: like the environment and the config file, a flag a
+    command does not use is still validated and then has no effect, so one shared command line or unit
+    file keeps working for every command.  ``--help`` lists only what the command uses.
+    """
+    shown = set(COMMAND_SETTINGS[command])
+
+    def attach(func: F) -> F:
+        for opt in reversed(OPTIONS):
+            help_text = f"{opt.help}  (env: {_env_name(opt.field)})"
+            hidden = opt.field not in shown
+            if opt.is_flag_pair:
+                decorator = click.option(*opt.flags, opt.field, default=None, hidden=hidden, help=help_text)
+            else:
+                decorator = click.option(
+                    *opt.flags,
+                    opt.field,
+                    default=None,
+                    multiple=opt.multiple,
+                    metavar=opt.metavar,
+                    hidden=hidden,
+                    help=help_text,
+                )
+            func = decorator(func)
+        return func
+
+    return attach
 
 
 def settings_loader(raw: dict[str, Any]) -> Callable[[], Settings]:
@@ -257,9 +364,12 @@ def main() -> None:
 
 @main.command("run-once")
 @click.option(
-    "--dry-run", is_flag=True, help="Print the plan with reasons and the SQL it would run; touch nothing."
+    "--dry-run",
+    is_flag=True,
+    help="Print the plan with reasons and every statement the pass would send, in order and with its "
+    "values; send none of them.",
 )
-@settings_options
+@settings_options("run-once")
 def run_once(dry_run: bool, **raw: Any) -> None:
     """Run one pass and exit (for cron, systemd timers and Kubernetes CronJobs).
 
@@ -310,7 +420,7 @@ def _write_textfile(pass_report: pipeline.PassReport, path: Path) -> None:
 
 
 @main.command("run")
-@settings_options
+@settings_options("run")
 def run(**raw: Any) -> None:
     """Run as a daemon: a full pass at start and every --interval, until SIGTERM/SIGINT.
 
@@ -332,7 +442,7 @@ def run(**raw: Any) -> None:
 
 
 @main.command("plan")
-@settings_options
+@settings_options("plan")
 def plan_cmd(**raw: Any) -> None:
     """Show what the next run would create and why, without touching anything.
 
@@ -345,7 +455,7 @@ def plan_cmd(**raw: Any) -> None:
 
 @main.command("status")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-@settings_options
+@settings_options("status")
 def status(fmt: str, **raw: Any) -> None:
     """Per originator: position, current band, last existing band, headroom and fill; and who holds the
     leader lease (pid, application_name and role, or none).
@@ -356,11 +466,13 @@ def status(fmt: str, **raw: Any) -> None:
     """
     settings = build_settings(raw)
 
-    def read(conn: pipeline.Conn) -> tuple[Plan, tuple[LeaseHolder, ...]]:
-        return _plan_on(conn, settings), holders(conn, settings.leader_lock_key)
+    def read(conn: pipeline.Conn) -> tuple[Plan, set[int], tuple[LeaseHolder, ...]]:
+        snapshot = pipeline.take_snapshot(conn, settings, require_function=False)
+        seen = _with_rows(conn, settings, snapshot)
+        return pipeline.make_plan(snapshot, settings), seen, holders(conn, settings.leader_lock_key)
 
-    the_plan, holding = _read(settings, read)
-    rows = [_status_row(s) for s in the_plan.statuses]
+    the_plan, seen, holding = _read(settings, read)
+    rows = [_status_row(s, has_rows=s.originator in seen) for s in the_plan.statuses]
     if fmt == "json":
         doc = {"originators": rows, "leader_lease": lease_document(settings.leader_lock_key, holding)}
         click.echo(json.dumps(doc, indent=2))
@@ -400,7 +512,7 @@ def status(fmt: str, **raw: Any) -> None:
     help="Replace an ensure_gateway_parts_v4 that is not partitiond's (one an xmtpd migration created, "
     "say).  Without it install-sql refuses to overwrite it.",
 )
-@settings_options
+@settings_options("install-sql")
 def install_sql(
     print_only: bool,
     security_definer: bool | None,
@@ -489,25 +601,50 @@ def _plan_on(conn: pipeline.Conn, settings: Settings) -> Plan:
 
 
 def _print_plan(settings: Settings, *, sql_too: bool) -> None:
-    the_plan = _read(settings, lambda conn: _plan_on(conn, settings))
+    """``plan``, and with ``sql_too`` (``run-once --dry-run``) every statement the pass would send, in
+    order, with its values: the executor's own texts, rendered on the connection the plan was read on."""
+    if sql_too:
+        dry = _read(settings, lambda conn: pipeline.dry_run(conn, settings))
+        the_plan, per_band = dry.plan, dry.bands
+        click.echo("SQL of the pass, in order, with its values (nothing is sent); first:")
+        _echo_sql(dry.first)
+    else:
+        the_plan = _read(settings, lambda conn: _plan_on(conn, settings))
+        per_band = ()
     if not the_plan.creates:
         click.echo(f"nothing to create: every originator ({len(the_plan.statuses)}) has its bands")
         return
     click.echo(f"{len(the_plan.creates)} band(s) to create, most urgent first:")
-    for p in the_plan.creates:
+    for index, p in enumerate(the_plan.creates):
         click.echo(
             f"  originator {p.originator} band [{p.band.start:,}, {p.band.end:,}) ({p.kind}): {p.reason}"
         )
-        if sql_too:
-            click.echo(f"    {ensure_sql(p, settings.band_width)}")
+        if per_band:
+            _echo_sql(per_band[index])
     if the_plan.deferred:
         click.echo(f"{len(the_plan.deferred)} more deferred by --max-creates-per-run to the next run")
 
 
-def _status_row(s: OriginatorStatus) -> dict[str, object]:
+def _echo_sql(statements: tuple[str, ...]) -> None:
+    for statement in statements:
+        for line in statement.splitlines():
+            click.echo(f"    {line}")
+
+
+def _with_rows(conn: pipeline.Conn, settings: Settings, snapshot: pipeline.Snapshot) -> set[int]:
+    """Originators whose position was read from rows.  The snapshot places an originator that has bands
+    but no rows at the start of its highest band (so the plan never recreates pruned bands), which would
+    read as a real position; positions read against an inventory without bands keep only real ones."""
+    bandless = replace(snapshot.inventory, bands=())
+    found = catalog.positions(conn, settings.schema, snapshot.state, bandless, ())
+    return {oid for oid, position in found.items() if position is not None}
+
+
+def _status_row(s: OriginatorStatus, *, has_rows: bool) -> dict[str, object]:
+    """One originator for ``status``; ``position`` is None (JSON null, "—" in the table) without rows."""
     return {
         "originator": s.originator,
-        "position": s.position,
+        "position": s.position if has_rows else None,
         "current_band": [s.current.start, s.current.end],
         "last_band": [s.last.start, s.last.end] if s.last else None,
         "headroom": s.headroom,
@@ -517,11 +654,12 @@ def _status_row(s: OriginatorStatus) -> dict[str, object]:
 
 
 def _cell(value: object) -> str:
+    """A table cell: bands as [start, end), numbers with separators, "—" for nothing (never "0")."""
     if isinstance(value, list):
         return f"[{value[0]:,}, {value[1]:,})"
     if isinstance(value, int):
         return f"{value:,}"
-    return "-" if value is None else str(value)
+    return "—" if value is None else str(value)
 
 
 def _print_table(rows: list[dict[str, object]], columns: list[str]) -> None:
@@ -534,7 +672,7 @@ def _print_table(rows: list[dict[str, object]], columns: list[str]) -> None:
 
 @main.command("check")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-@settings_options
+@settings_options("check")
 def check_command(fmt: str, **raw: Any) -> None:
     """Verify the partition trees and print a report; exit 0 ok, 1 warning, 2 critical.
 

@@ -5,7 +5,8 @@ Threads and their jobs:
 * the **main thread** waits on a wake-up event, beats the health state, pings systemd's watchdog and
   applies SIGHUP reloads; signal handlers only set flags (SIGTERM/SIGINT → stop, SIGHUP → reload), and the
   real work — cancelling the in-flight query, stopping the scheduler, reloading — happens back here, as
-  psycopg and APScheduler require;
+  psycopg and APScheduler require.  A reload that changed anything queues a probe at once, so an added
+  originator is provisioned now, not at the next scheduled probe;
 * APScheduler's ``BackgroundScheduler`` (UTC, one worker thread) runs a full pass every ``interval`` with
   jitter, first run at start, ``max_instances=1``, ``coalesce=True`` and ``misfire_grace_time=None`` so a
   late run is run late rather than silently skipped; between full runs it runs adaptive probes, each one
@@ -55,6 +56,7 @@ log = structlog.get_logger("partitiond.daemon")
 MAIN_LOOP_TICK = 5.0
 JOB_ID = "partitiond-run"
 PROBE_ID = "partitiond-probe"
+RELOAD_PROBE_ID = "partitiond-reload-probe"  # its own id: the scheduled probe may still be finishing
 # Changing these needs a restart: they are bound at start (listening socket, lease session).
 RESTART_ONLY = ("metrics_address", "leader_lock_key", "dsn", "dsn_file")
 
@@ -84,6 +86,7 @@ class Daemon:
     scheduler: BackgroundScheduler | None = field(default=None, init=False)
     _wake: threading.Event = field(default_factory=threading.Event, init=False)
     _reload_requested: threading.Event = field(default_factory=threading.Event, init=False)
+    _exit_code: int = field(default=0, init=False)  # what serve() returns: 0, or a fatal pass's exit code
     _job_lock: threading.Lock = field(default_factory=threading.Lock, init=False)  # held while a pass runs
     _ready_sent: bool = field(default=False, init=False)
     _probes: int = field(default=0, init=False)  # probes since the last full run
@@ -126,6 +129,12 @@ class Daemon:
         self.health.set_standby(result.result if healthy_noop else None)
         self.health.job_finished(ok=result.result == "success" or healthy_noop)
         self.inventory = result.inventory
+        if result.fatal:  # e.g. ensure_gateway_parts_v4 replaced by someone else: no retry can fix it
+            log.critical("stopping: partitiond must not go on", reason=result.message, code=result.exit_code)
+            self._exit_code = result.exit_code
+            self.control.stop.set()
+            self._wake.set()
+            return
         if result.exit_code == pipeline.EXIT_SERVER and not healthy_noop:
             self.metrics.connect_failures.inc()
         else:
@@ -159,7 +168,7 @@ class Daemon:
         if event.code == EVENT_JOB_ERROR:
             self.health.job_finished(ok=False)
             self.metrics.runs.labels(result="failed").inc()
-        elif event.job_id == PROBE_ID:
+        elif event.job_id in (PROBE_ID, RELOAD_PROBE_ID):
             log.debug("probe skipped: a pass is already running or queued")
         else:
             reason = "missed" if event.code == EVENT_JOB_MISSED else "previous run still going"
@@ -229,6 +238,22 @@ class Daemon:
         if self.scheduler is not None and ("interval" in changes or "jitter" in changes):
             self.scheduler.reschedule_job(JOB_ID, trigger=self._interval_trigger())
         log.info("configuration reloaded", changes={k: f"{a} -> {b}" for k, (a, b) in changes.items()})
+        if changes:
+            self._probe_now()
+
+    def _probe_now(self) -> None:
+        """A probe right away, so what a reload changed (an originator added, a lower threshold) acts now
+        rather than at the next scheduled probe or run, which can be up to --interval away.  The probe
+        reads the catalog again before it creates anything, and queues behind a running pass."""
+        if self.scheduler is None or self.control.stop.is_set():
+            return
+        self.scheduler.add_job(
+            self.probe_job,
+            DateTrigger(run_date=datetime.now(UTC), timezone=UTC),
+            id=RELOAD_PROBE_ID,
+            name="probe after reload",
+            replace_existing=True,
+        )
 
     # --- process lifecycle ------------------------------------------------------------------------------
 
@@ -262,6 +287,7 @@ class Daemon:
     def _start_http(self) -> HealthServer | None:
         if not self.settings.metrics_address:
             return None
+        self.metrics.add_process_collectors()  # the daemon's own process: CPU, memory, open files
         server = HealthServer(self.settings.metrics_address, self.metrics, self.health)
         server.start()
         return server
@@ -288,7 +314,7 @@ class Daemon:
         scheduler.shutdown(wait=False)
         self._job_lock.release()  # a job already queued now sees the stop flag and returns at once
         log.info("stopped")
-        return 0
+        return self._exit_code
 
 
 def serve(settings: Settings, env: Mapping[str, str], reload: Callable[[], Settings] | None = None) -> int:

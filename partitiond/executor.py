@@ -63,7 +63,9 @@ TRY_LOCK_TRIES = 20
 TRY_LOCK_GAP = (0.001, 0.005)  # seconds between non-queueing tries: inserts take a few ms each
 # Why a band was deferred (a metrics label): where the refused wait was.
 DEFERRAL_REASONS = ("lock_busy", "stage_busy", "key5_busy", "held_lock", "blob_read", "hold_timeout")
+# Key 5's exclusive side: first without queueing (in a gap between inserts), then queued.
 TRY_KEY = "SELECT pg_catalog.pg_try_advisory_xact_lock(%s::bigint)"
+QUEUE_KEY = "SELECT pg_catalog.pg_advisory_xact_lock(%s::bigint)"
 BLOB_BUSY = "PD001"  # partitiond_attach_staged: the blob L1 is being read and the slow path is not allowed
 
 # The calls the executor makes: schema-qualified, every argument cast to its parameter's exact type, so no
@@ -92,6 +94,10 @@ def calls(schema: str) -> dict[str, sql.Composed]:
     return {name: sql.SQL(text).format(s=sql.Identifier(schema)) for name, text in CALLS.items()}
 
 
+SESSION_SETTINGS = (
+    "SELECT pg_catalog.set_config('lock_timeout', %s, false),"
+    " pg_catalog.set_config('statement_timeout', %s, false)"
+)
 BAND_SETTINGS = """SELECT pg_catalog.set_config('lock_timeout', %(budget)s, true),
        pg_catalog.set_config('statement_timeout', %(hold)s, true),
        pg_catalog.set_config('idle_in_transaction_session_timeout', %(idle)s, true)"""
@@ -173,9 +179,116 @@ def _pg_interval(seconds: float) -> str:
     return f"{max(1, round(seconds * 1000))}ms"
 
 
-def ensure_sql(planned: PlannedBand, band_width: int) -> str:
-    """The call as a human would type it (for --dry-run and logs)."""
-    return f"SELECT ensure_gateway_parts_v4({planned.originator}, {planned.band.start}, {band_width});"
+def band_params(planned: PlannedBand) -> dict[str, int]:
+    """The values every per-band call takes."""
+    return {"oid": planned.originator, "start": planned.band.start, "end": planned.band.end}
+
+
+def may_go_slow(planned: PlannedBand, settings: Settings) -> bool:
+    """The slow path (ATTACH validating the blob foreign key under key 5) only when time is short:
+    the band holds the current position (inserts need it now) or the originator's runway is below
+    ``slow_path_runway``.  Otherwise waiting for the reader to finish costs nothing."""
+    if planned.kind == "repair":
+        return True
+    return planned.runway is not None and planned.runway < settings.slow_path_runway
+
+
+def _session_params(settings: Settings) -> list[str]:
+    return [_pg_interval(settings.lock_timeout), _pg_interval(settings.statement_timeout)]
+
+
+def _preflight_params(planned: PlannedBand, settings: Settings) -> dict[str, Any]:
+    # Readers of the blob L1 matter only to the fast blob step; the slow one does not wait for them.
+    readers = not may_go_slow(planned, settings)
+    return {"oid": planned.originator, "key": settings.protocol_lock_key, "readers": readers}
+
+
+def _warm_params(planned: PlannedBand, settings: Settings) -> dict[str, int]:
+    return {"oid": planned.originator, "budget_ms": max(1, round(settings.hold_budget * 1000))}
+
+
+def _band_settings_params(settings: Settings) -> dict[str, str]:
+    return {
+        "budget": _pg_interval(settings.hold_budget),
+        "hold": _pg_interval(settings.hold_timeout),
+        "idle": _pg_interval(settings.idle_in_transaction_timeout),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One statement of a band's sequence as :class:`Executor` sends it: ``note`` says when and why."""
+
+    note: str
+    query: sql.SQL | sql.Composed
+    params: dict[str, Any] | list[Any] | None = None
+
+
+def pass_steps(settings: Settings) -> list[Step]:
+    """What a leader's full run sends before its first band (``--dry-run``): the session's timeouts
+    (:class:`Executor`), then the clean-up of tables an interrupted run left staged (:func:`unstage_all`)."""
+    return [
+        Step(
+            "lock and statement timeouts outside key 5", sql.SQL(SESSION_SETTINGS), _session_params(settings)
+        ),
+        Step("drop tables an interrupted run left staged", calls(settings.schema)["unstage_all"]),
+    ]
+
+
+def band_steps(planned: PlannedBand, settings: Settings, plain: tuple[bool, bool]) -> list[Step]:
+    """The statements one successful first attempt at ``planned`` sends, in order (``--dry-run``).
+
+    ``plain`` says, per tree (meta, blob), whether ``partitiond_stage_table`` will find the plain case and
+    stage; when either does not, the band takes the full ensure under key 5 instead of the attach.  The
+    texts and values are the ones :meth:`Executor.ensure` uses.
+    """
+    c, band = calls(settings.schema), band_params(planned)
+    meta, blob = plain
+    staged = meta and blob
+    steps = [
+        Step("already in both trees? then nothing else runs", c["band_exists"], band),
+        Step(
+            "pre-flight: a session holding a lock the band needs defers it",
+            c["preflight"],
+            _preflight_params(planned, settings),
+        ),
+        Step(
+            "stage the meta table (autocommit, before key 5)"
+            if meta
+            else "staging: declines (not the plain case)",
+            c["stage"],
+            {**band, "blob": False},
+        ),
+    ]
+    if meta:
+        note = "stage the blob table" if blob else "staging the blob table: declines (not the plain case)"
+        steps.append(Step(note, c["stage"], {**band, "blob": True}))
+    if staged:
+        steps.append(Step("warm this backend's caches", c["warm"], _warm_params(planned, settings)))
+    steps += [
+        Step("the band's transaction", sql.SQL("BEGIN")),
+        Step(
+            "hold budget, hold timeout, idle-in-transaction timeout",
+            sql.SQL(BAND_SETTINGS),
+            _band_settings_params(settings),
+        ),
+    ]
+    if settings.protocol_lock:
+        key = [settings.protocol_lock_key]
+        steps += [
+            Step(f"key 5 without queueing, up to {TRY_LOCK_TRIES} tries", sql.SQL(TRY_KEY), key),
+            Step("else queued for key 5, for at most the hold budget", sql.SQL(QUEUE_KEY), key),
+        ]
+    if staged:
+        attach = {**band, "allow_slow": may_go_slow(planned, settings)}
+        steps.append(Step("under key 5: attach the staged tables", c["attach"], attach))
+    else:
+        ensure = {**band, "width": settings.band_width}
+        steps.append(Step("under key 5: the full ensure (staging does not apply)", c["ensure"], ensure))
+    steps.append(Step("releases key 5", sql.SQL("COMMIT")))
+    if not staged:
+        steps.append(Step("drop whatever was staged", c["unstage"], band))
+    return steps
 
 
 @dataclass
@@ -197,18 +310,14 @@ class Executor:
     def __post_init__(self) -> None:
         s = self.settings
         self._calls = calls(s.schema)
-        self.conn.execute(
-            "SELECT pg_catalog.set_config('lock_timeout', %s, false),"
-            " pg_catalog.set_config('statement_timeout', %s, false)",
-            [_pg_interval(s.lock_timeout), _pg_interval(s.statement_timeout)],
-        )
+        self.conn.execute(SESSION_SETTINGS, _session_params(s))
 
     def ensure(self, planned: PlannedBand, budget: RetryBudget) -> Outcome:
         attempts = 0
         waited = 0.0
         deferrals: list[str] = []
         holds: list[float] = []
-        band = {"oid": planned.originator, "start": planned.band.start, "end": planned.band.end}
+        band = band_params(planned)
         try:
             while True:
                 attempts += 1
@@ -251,21 +360,15 @@ class Executor:
 
     def _attempt(self, planned: PlannedBand, band: dict[str, int], holds: list[float]) -> _Done:
         """One try at one band; raises :class:`Deferred` when something else holds what it needs."""
-        s = self.settings
         if self._scalar(self._calls["band_exists"], band):
             return _Done(existed=True)
-        readers = not self._may_go_slow(planned)  # the fast blob step must wait for them; the slow one not
-        busy = self._scalar(
-            self._calls["preflight"], {"oid": band["oid"], "key": s.protocol_lock_key, "readers": readers}
-        )
+        busy = self._scalar(self._calls["preflight"], _preflight_params(planned, self.settings))
         if busy:
             reason = "blob_read" if busy.startswith("AccessShareLock ") else "lock_busy"
             raise Deferred(reason, f"{busy}: not taking key 5 now")
         staged = self._stage(band)
         if staged:
-            self._scalar(
-                self._calls["warm"], {"oid": band["oid"], "budget_ms": max(1, round(s.hold_budget * 1000))}
-            )
+            self._scalar(self._calls["warm"], _warm_params(planned, self.settings))
         done, hold = self._timed(planned, band, staged, holds)
         if staged and done.existed and not self._scalar(self._calls["band_exists"], band):
             # A creator took a name of the band meanwhile but did not finish it: the full ensure does.
@@ -300,14 +403,7 @@ class Executor:
         s = self.settings
         self._granted = None
         with self.conn.transaction() as tx:
-            self.conn.execute(
-                BAND_SETTINGS,
-                {
-                    "budget": _pg_interval(s.hold_budget),
-                    "hold": _pg_interval(s.hold_timeout),
-                    "idle": _pg_interval(s.idle_in_transaction_timeout),
-                },
-            )
+            self.conn.execute(BAND_SETTINGS, _band_settings_params(s))
             if s.protocol_lock:
                 self._protocol_lock()
             self._granted = time.perf_counter()
@@ -334,18 +430,12 @@ class Executor:
             if not self._scalar(self._calls["ensure"], {**band, "width": self.settings.band_width}):
                 return _Done(existed=True)
             return _Done(existed=False, path="ensure", steps={"ensure": time.perf_counter() - started})
-        result = self._scalar(self._calls["attach"], {**band, "allow_slow": self._may_go_slow(planned)})
+        result = self._scalar(
+            self._calls["attach"], {**band, "allow_slow": may_go_slow(planned, self.settings)}
+        )
         if result["status"] == "existed":  # taken meanwhile: whole, or half-built (see _attempt)
             return _Done(existed=True)
         return _Done(existed=False, path=result["path"], steps={k: v / 1000 for k, v in result["ms"].items()})
-
-    def _may_go_slow(self, planned: PlannedBand) -> bool:
-        """The slow path (ATTACH validating the blob foreign key under key 5) only when time is short:
-        the band holds the current position (inserts need it now) or the originator's runway is below
-        ``slow_path_runway``.  Otherwise waiting for the reader to finish costs nothing."""
-        if planned.kind == "repair":
-            return True
-        return planned.runway is not None and planned.runway < self.settings.slow_path_runway
 
     def _unstage(self, band: dict[str, int]) -> None:
         """Drop what an unsuccessful attempt staged; never fails the band."""
@@ -365,13 +455,11 @@ class Executor:
         the hold budget, the transaction's lock_timeout: every new insert queues behind the request)."""
         key = self.settings.protocol_lock_key
         for _ in range(TRY_LOCK_TRIES):
-            row = self.conn.execute(
-                "SELECT pg_catalog.pg_try_advisory_xact_lock(%s::bigint)", [key]
-            ).fetchone()
+            row = self.conn.execute(TRY_KEY, [key]).fetchone()
             if row and row[0]:
                 return
             self.sleep(self.rng.uniform(*TRY_LOCK_GAP))
-        self.conn.execute("SELECT pg_catalog.pg_advisory_xact_lock(%s::bigint)", [key])
+        self.conn.execute(QUEUE_KEY, [key])
 
 
 def unstage_all(conn: Conn, schema: str) -> int:

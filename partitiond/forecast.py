@@ -133,3 +133,81 @@ class RateEstimator:
     def forget(self, originator: int) -> None:
         """Drop an originator's history (e.g. it left the configuration).  Unknown originators are fine."""
         self._histories.pop(originator, None)
+
+
+def weighted_median(rates: list[tuple[float, float]]) -> float | None:
+    """The lowest rate held for *more* than half of the total time, from ``(rate, seconds)`` pairs.
+
+    "More than half" breaks a tie towards the higher rate: with one quiet and one busy interval of equal
+    length the answer is the busy one, so the estimate errs on the side of alerting.  None for no time.
+    """
+    ordered = sorted((rate, seconds) for rate, seconds in rates if seconds > 0.0)
+    if not ordered:
+        return None
+    half = sum(seconds for _, seconds in ordered) / 2.0
+    held = 0.0
+    for rate, seconds in ordered:
+        held += seconds
+        if held > half:
+            return rate
+    return ordered[-1][0]  # only reached if float rounding left the running sum a hair short of the total
+
+
+@dataclass(slots=True)
+class _Trail:
+    at: float
+    position: int
+    segments: list[tuple[float, float, float]]  # (start, end, ids per second), oldest first
+
+
+class SteadyRateEstimator:
+    """The time-weighted median of each originator's rate over a trailing window: the rate *alerts* use.
+
+    Why a second estimator: :class:`RateEstimator` is biased upwards on purpose, which is right for creating
+    bands early and wrong for paging someone.  After a one-off sequence-id jump its forecast stays far below
+    the real runway for as long as the jump takes to decay out of the EWMA (several half-lives), so a
+    runway alert built on it fires for a burst that is already over.  The median over time ignores any burst
+    that lasts less than half of ``window`` however large it is, and follows a rate that is held for more
+    than half of it, so a sustained high rate still alerts.  The planner never uses this estimate.
+
+    Same contract as :class:`RateEstimator`: no clock (the caller passes monotonic seconds), a position that
+    goes backwards (a restore) starts the originator afresh, a reading not after the previous one is ignored.
+    """
+
+    __slots__ = ("_trails", "window")
+
+    def __init__(self, window: float = 600.0) -> None:
+        if not (math.isfinite(window) and window > 0.0):
+            raise ValueError(f"window must be a finite positive number of seconds, got {window}")
+        self.window = window
+        self._trails: dict[int, _Trail] = {}
+
+    def observe(self, originator: int, at: float, position: int) -> Forecast:
+        """Feed one reading and return the steady rate (unknown until a second reading)."""
+        if not math.isfinite(at):
+            raise ValueError(f"timestamp must be finite, got {at}")
+        trail = self._trails.get(originator)
+        if trail is None or position < trail.position:
+            self._trails[originator] = _Trail(at, position, [])
+            return UNKNOWN
+        if at <= trail.at:
+            return self.forecast(originator)
+        rate = min((position - trail.position) / (at - trail.at), _MAX_RATE)
+        trail.segments.append((trail.at, at, rate))
+        trail.at, trail.position = at, position
+        horizon = at - self.window
+        trail.segments = [s for s in trail.segments if s[1] > horizon]
+        return self.forecast(originator)
+
+    def forecast(self, originator: int) -> Forecast:
+        """The current steady rate; ``Forecast(None)`` for an unknown originator or one with one reading."""
+        trail = self._trails.get(originator)
+        if trail is None:
+            return UNKNOWN
+        horizon = trail.at - self.window
+        rate = weighted_median([(r, end - max(start, horizon)) for start, end, r in trail.segments])
+        return UNKNOWN if rate is None else Forecast(rate)
+
+    def forget(self, originator: int) -> None:
+        """Drop an originator's history (it left the configuration).  Unknown originators are fine."""
+        self._trails.pop(originator, None)

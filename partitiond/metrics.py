@@ -1,9 +1,10 @@
 """Prometheus metrics and the tiny HTTP server for ``/metrics``, ``/healthz`` and ``/readyz``.
 
 Why an own ``CollectorRegistry``: the default one carries process/GC collectors and whatever other libraries
-register, which would leak into the node-exporter textfile of ``run-once``.  Why our own WSGI dispatcher
-instead of ``prometheus_client.start_http_server``: that server answers *every* path with metrics, so it
-cannot host the probes.
+register, which would leak into the node-exporter textfile of ``run-once``.  The daemon adds the process
+and platform collectors to its own registry for ``/metrics`` (:meth:`Metrics.add_process_collectors`); the
+textfile never has them.  Why our own WSGI dispatcher instead of ``prometheus_client.start_http_server``:
+that server answers *every* path with metrics, so it cannot host the probes.
 
 ``_created`` series are switched off at import with ``disable_created_metrics()``.  The switch is global to
 the process (prometheus-client reads it at collection time), which is acceptable because partitiond is the
@@ -34,13 +35,17 @@ from prometheus_client import (
     Gauge,
     Histogram,
     Info,
+    PlatformCollector,
+    ProcessCollector,
     disable_created_metrics,
     generate_latest,
     make_wsgi_app,
 )
+from prometheus_client.parser import text_string_to_metric_families
 
 from partitiond import __version__
 from partitiond.executor import DEFERRAL_REASONS
+from partitiond.forecast import SteadyRateEstimator
 from partitiond.health import HealthState
 
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -57,6 +62,12 @@ NOOP_REASONS = ("standby", "follower")
 RUN_DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 LOCK_WAIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 HOLD_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5)
+# Timestamps a run-once textfile keeps from the file it replaces: every run-once starts a fresh registry, so
+# without this one failed pass after a good one would reset them to 0 and hide how long ago the work was done.
+CARRIED_TIMESTAMPS = (
+    f"{NAMESPACE}_last_success_timestamp_seconds",
+    f"{NAMESPACE}_last_leader_pass_timestamp_seconds",
+)
 
 # Sample-name suffixes per metric family type: lets metric_names() list series that have no child yet.
 _SAMPLE_SUFFIXES = {
@@ -83,6 +94,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._process_collectors = False
         self._originators: set[int] = set()
         self._originators_lock = threading.Lock()
         self._make_run_metrics()
@@ -185,10 +197,32 @@ class Metrics:
             namespace=ns,
             registry=reg,
         )
+        self.steady_exhaustion = Gauge(
+            "originator_steady_seconds_to_exhaustion",
+            "Seconds until the headroom is used up at the steady (burst-robust) rate, for alerts; "
+            "absent when unknown.",
+            lbl,
+            namespace=ns,
+            registry=reg,
+        )
+        # The state behind steady_exhaustion: it needs readings across passes, and this object lives as long
+        # as the series it feeds (the daemon's whole life; one pass for run-once, which has no rate anyway).
+        self.steady_rates = SteadyRateEstimator()
 
     def _make_state_metrics(self) -> None:
         reg, ns = self.registry, NAMESPACE
-        self.leader = Gauge("leader", "1 when this instance holds leadership.", namespace=ns, registry=reg)
+        self.leader = Gauge(
+            "leader",
+            "1 when this instance holds leadership (run-once: when its pass ran as the leader).",
+            namespace=ns,
+            registry=reg,
+        )
+        self.last_leader_pass = Gauge(
+            "last_leader_pass_timestamp_seconds",
+            "Unix time of the last run or probe that did the work as the leader (0 until then).",
+            namespace=ns,
+            registry=reg,
+        )
         self.noop = Gauge(
             "noop",
             "1 for the reason this instance is deliberately doing nothing.",
@@ -221,6 +255,7 @@ class Metrics:
         headroom: int,
         fill: float,
         seconds_to_exhaustion: float | None,
+        steady_seconds_to_exhaustion: float | None = None,
     ) -> None:
         """Publish one originator's forecast; unknown values remove their series instead of exporting NaN."""
         label = str(originator)
@@ -230,15 +265,18 @@ class Metrics:
             self.headroom.labels(label).set(headroom)
             self.fill.labels(label).set(fill)
             _set_or_remove(self.exhaustion, label, seconds_to_exhaustion)
+            _set_or_remove(self.steady_exhaustion, label, steady_seconds_to_exhaustion)
 
     def forget_originators(self, keep: Iterable[int]) -> None:
         """Drop the series of originators no longer present, so dashboards don't show stale ones."""
         keep_set = set(keep)
         with self._originators_lock:
             gone = self._originators - keep_set
+            gauges = (self.position, self.headroom, self.fill, self.exhaustion, self.steady_exhaustion)
             for originator in gone:
-                for gauge in (self.position, self.headroom, self.fill, self.exhaustion):
+                for gauge in gauges:
                     _remove(gauge, str(originator))
+                self.steady_rates.forget(originator)
             self._originators &= keep_set
 
     def set_leader(self, leader: bool) -> None:
@@ -252,6 +290,16 @@ class Metrics:
         for candidate in NOOP_REASONS:
             self.noop.labels(reason=candidate).set(1 if candidate == reason else 0)
 
+    def add_process_collectors(self) -> None:
+        """``process_*`` (CPU, memory, open files, start time) and ``python_info`` on this registry, for
+        the daemon's /metrics only: in run-once's textfile they would describe a process that has already
+        exited.  Idempotent."""
+        if self._process_collectors:
+            return
+        self._process_collectors = True
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+
     def render(self) -> bytes:
         """Prometheus text exposition of the registry."""
         return generate_latest(self.registry)
@@ -261,10 +309,12 @@ class Metrics:
 
         The temp file lives in the target directory (so ``os.replace`` is a rename, never a copy) and does
         not end in ``.prom`` (so the collector never reads it half-written).  It is made world-readable
-        because node-exporter usually runs as another user.  On any error the temp file is removed.
+        because node-exporter usually runs as another user.  On any error the temp file is removed.  The
+        timestamps in ``CARRIED_TIMESTAMPS`` keep the newer of this registry's and the replaced file's value.
         """
         if path.suffix != ".prom":
             raise ValueError(f"textfile path must end in .prom: {path}")
+        self.carry_forward(path)
         data = self.render()
         fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
@@ -279,6 +329,23 @@ class Metrics:
                 os.unlink(tmp_name)
             raise
 
+    def carry_forward(self, path: Path) -> None:
+        """Raise each carried timestamp to the previous textfile's value when that one is newer.
+
+        Why: the alerts ask "when did partitiond last succeed / last work as the leader?", and a timer's
+        answer must survive passes that failed.  A missing or unreadable previous file carries nothing.
+        """
+        try:
+            previous = _timestamps(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            log.debug("previous metrics textfile %s not carried forward: %s", path, exc)
+            return
+        current = _timestamps(self.render().decode())
+        gauges = dict(zip(CARRIED_TIMESTAMPS, (self.last_success, self.last_leader_pass), strict=True))
+        for name, gauge in gauges.items():
+            if previous.get(name, 0.0) > current.get(name, 0.0):
+                gauge.set(previous[name])
+
     def metric_names(self) -> set[str]:
         """Every sample name the registry can export, including labelled metrics with no child yet."""
         names: set[str] = set()
@@ -286,6 +353,16 @@ class Metrics:
             names.update(family.name + suffix for suffix in _SAMPLE_SUFFIXES.get(family.type, ("",)))
             names.update(sample.name for sample in family.samples)
         return names
+
+
+def _timestamps(exposition: str) -> dict[str, float]:
+    """The unlabelled ``CARRIED_TIMESTAMPS`` samples of a text exposition."""
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if sample.name in CARRIED_TIMESTAMPS and not sample.labels:
+                found[sample.name] = sample.value
+    return found
 
 
 def _set_or_remove(gauge: Gauge, label: str, value: float | None) -> None:

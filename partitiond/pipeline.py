@@ -24,9 +24,9 @@ from partitiond import access, catalog
 from partitiond.bands import Band, band_for
 from partitiond.config import Settings
 from partitiond.dsn import DsnError, connect_kwargs, redact, resolve_dsn
-from partitiond.executor import Executor, Outcome, RetryBudget, unstage_all
+from partitiond.executor import Executor, Outcome, RetryBudget, Step, band_steps, pass_steps, unstage_all
 from partitiond.forecast import Forecast, RateEstimator
-from partitiond.planner import OriginatorStatus, Plan, Policy, assess, plan
+from partitiond.planner import OriginatorStatus, Plan, PlannedBand, Policy, assess, plan
 
 Conn = psycopg.Connection[Any]
 Result = Literal["success", "partial", "failed", "standby", "stopped", "follower"]
@@ -68,10 +68,11 @@ class RunControl:
 class PassFailure(Exception):
     """The pass could not act at all.  ``exit_code`` follows the run-once contract in the README."""
 
-    def __init__(self, exit_code: int, message: str, result: Result = "failed") -> None:
+    def __init__(self, exit_code: int, message: str, result: Result = "failed", fatal: bool = False) -> None:
         super().__init__(message)
         self.exit_code = exit_code
         self.result = result
+        self.fatal = fatal  # the daemon stops too: waiting cannot fix it (someone else's functions)
 
 
 def open_connection(settings: Settings, env: Mapping[str, str]) -> Conn:
@@ -178,7 +179,7 @@ def verify(state: catalog.ServerState, schema: str) -> None:
             "(see --schema)?",
         )
     if problem := state.function_problem(schema):
-        raise PassFailure(EXIT_MISSING, problem)
+        raise PassFailure(EXIT_MISSING, problem, fatal=state.functions == "foreign")
 
 
 def check_band_width(inventory: catalog.Inventory, width: int) -> None:
@@ -336,6 +337,7 @@ class PassReport:
     kind: Kind = "run"
     inventory: catalog.Inventory | None = None  # what exists after this pass: a probe's cache
     counts: dict[str, int] = field(default_factory=dict)
+    fatal: bool = False  # the daemon must stop with exit_code (see PassFailure)
 
 
 _warned_clamps: set[tuple[float, float, int]] = set()
@@ -517,8 +519,58 @@ def run_pass(
     return report
 
 
+@dataclass(frozen=True, slots=True)
+class DryRun:
+    """What ``run-once`` would send, rendered with its values, without sending any of it.
+
+    ``first`` is what a leader's full run sends before its bands (the session's timeouts, the clean-up of
+    tables an interrupted run left staged); ``bands`` holds, per planned band in plan order, the statements
+    of a successful first attempt.
+    """
+
+    plan: Plan
+    first: tuple[str, ...]
+    bands: tuple[tuple[str, ...], ...]
+
+
+def dry_run(conn: Conn, settings: Settings) -> DryRun:
+    """Plan as ``run-once`` would and render the executor's own statements for every band.
+
+    The hold settings are the ones the pass would use (clamped below the server's ``deadlock_timeout``),
+    and whether a band is staged or takes the full ensure is decided from the catalog the pass reads.
+    """
+    snapshot = take_snapshot(conn, settings, require_function=False)
+    the_plan = make_plan(snapshot, settings)
+    held = within_deadlock_timeout(settings, snapshot.state.deadlock_timeout_ms)
+    cursor = psycopg.ClientCursor(conn)
+
+    def render(steps: list[Step]) -> tuple[str, ...]:
+        return tuple(f"-- {step.note}\n{cursor.mogrify(step.query, step.params)};" for step in steps)
+
+    bands = tuple(render(band_steps(p, held, _plain_case(snapshot.inventory, p))) for p in the_plan.creates)
+    return DryRun(the_plan, render(pass_steps(held)), bands)
+
+
+def _plain_case(inv: catalog.Inventory, planned: PlannedBand) -> tuple[bool, bool]:
+    """Per tree (meta, blob): will ``partitiond_stage_table`` stage the band?  It does when the
+    originator's L1 exists and no partition overlaps the band (a table left under the band's final name
+    also makes it decline, which the inventory of attached partitions cannot show)."""
+    oid, band = planned.originator, planned.band
+
+    def stages(tree: str) -> bool:
+        overlaps = (
+            p.tree == tree and p.originator == oid and p.band.start < band.end and band.start < p.band.end
+            for p in inv.bands
+        )
+        return oid in inv.l1.get(tree, frozenset()) and not any(overlaps)
+
+    return stages(catalog.META), stages(catalog.BLOB)
+
+
 def _failed(exc: PassFailure, started: float, kind: Kind = "run") -> PassReport:
-    report = PassReport(exc.result, exc.exit_code, time.monotonic() - started, message=str(exc), kind=kind)
+    report = PassReport(
+        exc.result, exc.exit_code, time.monotonic() - started, message=str(exc), kind=kind, fatal=exc.fatal
+    )
     if exc.result in ("standby", "stopped"):
         log.warning(f"{kind} skipped", result=exc.result, reason=str(exc))
     else:

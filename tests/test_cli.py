@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from partitiond.cli import OPTIONS
 
 from .pgtools import Conn, l2_bounds, partition_count, seed_rows
 
@@ -27,12 +30,60 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     )
 
 
-@pytest.mark.parametrize("command", ["run-once", "run", "plan", "status", "install-sql"])
+@pytest.mark.parametrize("command", ["run-once", "run", "plan", "status", "install-sql", "check"])
 def test_every_command_explains_itself(command: str) -> None:
     result = cli(command, "--help")
     assert result.returncode == 0
     assert "Example" in result.stdout
-    assert "PARTITIOND_BAND_WIDTH" in result.stdout
+    assert "PARTITIOND_SCHEMA" in result.stdout and "PARTITIOND_DSN_FILE" in result.stdout
+
+
+def listed(command: str) -> set[str]:
+    """The long options ``command --help`` lists."""
+    return set(re.findall(r"^  (--[a-z-]+)", cli(command, "--help").stdout, re.M))
+
+
+DAEMON_ONLY = {"--interval", "--jitter", "--probe-interval", "--runway", "--max-jump-bands"}
+DAEMON_ONLY |= {"--slow-path-runway", "--metrics-address", "--shutdown-timeout"}
+CREATING = {"--lock-timeout", "--statement-timeout", "--hold-budget", "--hold-timeout", "--lock-attempts"}
+CREATING |= {"--idle-in-transaction-timeout", "--protocol-lock", "--protocol-lock-key", "--retry-budget"}
+
+
+def test_each_command_lists_only_the_options_it_uses() -> None:
+    install = listed("install-sql")
+    assert {
+        "--config",
+        "--dsn",
+        "--dsn-file",
+        "--schema",
+        "--connect-timeout",
+        "--print",
+        "--owner",
+    } <= install
+    assert not install & (DAEMON_ONLY | CREATING | {"--band-width", "--originator", "--metrics-textfile"})
+    for command in ("plan", "status", "check"):
+        shown = listed(command)
+        assert {"--dsn", "--originator", "--band-width"} <= shown, command
+        assert not shown & (DAEMON_ONLY | CREATING | {"--metrics-textfile"}), command
+    assert {"--leader-lock-key", "--runway-warning", "--fill-threshold"} <= listed("check")
+    assert "--max-creates-per-run" in listed("plan") and "--fill-threshold" not in listed("status")
+    once, daemon = listed("run-once"), listed("run")
+    assert once >= CREATING | {"--metrics-textfile", "--dry-run", "--leader-lock-key"}
+    assert not once & DAEMON_ONLY
+    assert daemon >= CREATING | DAEMON_ONLY
+    assert not daemon & {"--metrics-textfile", "--runway-warning"}
+    every = set().union(*(listed(c) for c in ("install-sql", "plan", "status", "check", "run-once", "run")))
+    assert {opt.flags[0].split("/")[0] for opt in OPTIONS} <= every, "an option no command shows"
+
+
+def test_an_option_a_command_does_not_use_is_still_accepted_and_validated(db_dsn: str) -> None:
+    """One shared command line (or unit file) keeps working for every command, as the environment and
+    the config file do; a malformed value is still refused, naming the option."""
+    printed = cli("install-sql", "--print", "--interval", "5m", "--band-width", "1000")
+    assert printed.returncode == 0, printed.stderr
+    assert "--interval" not in cli("install-sql", "--help").stdout
+    refused = cli("plan", "--dsn", db_dsn, "--shutdown-timeout", "0")
+    assert refused.returncode == 2 and "--shutdown-timeout must be" in refused.stderr
 
 
 def test_top_level_help_lists_commands_and_exit_codes() -> None:
@@ -114,7 +165,9 @@ def test_dry_run_prints_reasons_and_sql_and_creates_nothing(conn: Conn, db_dsn: 
     result = cli("run-once", "--dry-run", "--dsn", db_dsn)
     assert result.returncode == 0, result.stderr
     assert "seq 712,034 is 71.2% into band 0 (threshold 70%) → band 1" in result.stdout
-    assert "SELECT ensure_gateway_parts_v4(100, 1000000, 1000000);" in result.stdout
+    # The statements the pass sends, with their values (tests/test_dry_run.py compares them to a real pass).
+    attach = "partitiond_attach_staged(100::integer, 1000000::bigint, 2000000::bigint, false::boolean);"
+    assert f'SELECT "public".{attach}' in result.stdout
     assert partition_count(conn) == before
 
 
@@ -147,6 +200,17 @@ def test_status_json_and_table(conn: Conn, db_dsn: str) -> None:
     assert table[0].split() == ["originator", "position", "current_band", "last_band", "headroom", "fill_pct"]
     assert "749,999" in table[1]
     assert table[2] == "leader lease: none"
+
+
+def test_status_tells_no_rows_from_a_real_position_0(conn: Conn, db_dsn: str) -> None:
+    """Originator 7 has its band (provisioned by run-once) but no rows; originator 5 wrote sequence id 0."""
+    assert cli("run-once", "--dsn", db_dsn, "--originator", "7").returncode == 0
+    seed_rows(conn, 5, [0])
+    doc = json.loads(cli("status", "--format", "json", "--dsn", db_dsn, "--originator", "7").stdout)
+    assert {row["originator"]: row["position"] for row in doc["originators"]} == {5: 0, 7: None}
+    table = cli("status", "--dsn", db_dsn, "--originator", "7").stdout.splitlines()
+    cells = {int(line.split()[0]): line.split()[1] for line in table[1:3]}
+    assert cells == {5: "0", 7: "—"}
 
 
 def test_a_dsn_file_others_can_read_is_a_warning_not_a_refusal(tmp_path: Path, db_dsn: str) -> None:
@@ -195,3 +259,5 @@ def test_run_once_writes_a_node_exporter_textfile(tmp_path: Path, db_dsn: str) -
     assert 'partitiond_partitions_created_total{level="l2",table="meta"} 1.0' in text
     assert 'partitiond_partitions_created_total{level="l1",table="blob"} 1.0' in text  # a new originator
     assert 'partitiond_originator_headroom_ids{originator="3"} 1e+06' in text
+    # A finished process's CPU or memory would mislead: those are the daemon's /metrics only.
+    assert "process_" not in text and "python_info" not in text

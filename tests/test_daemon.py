@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -89,6 +90,10 @@ def test_runs_at_start_then_every_interval_and_stops_cleanly(
         assert len(l2_bounds(conn, "gateway_envelopes_blob", 900)) == 2
         metrics = scrape(port)
         assert 'partitiond_originator_headroom_ids{originator="900"} 1.199999e+06' in metrics
+        # The daemon's own process, for dashboards (never in run-once's textfile: see test_cli).
+        assert re.search(r"^process_start_time_seconds [1-9]", metrics, re.M), metrics
+        assert re.search(r"^process_resident_memory_bytes [1-9]", metrics, re.M), metrics
+        assert re.search(r'^python_info\{.*version="', metrics, re.M), metrics
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
     finally:
@@ -158,3 +163,83 @@ def test_watchdog_pings_only_when_systemd_asks(db_dsn: str, notify_socket: socke
             messages.append(notify_socket.recv(64))
     assert messages[-1] == b"STOPPING=1"
     assert set(messages) <= {b"WATCHDOG=1", b"STOPPING=1"}
+
+
+@pytest.mark.slow
+def test_sighup_rereads_the_config_file_and_provisions_an_added_originator_at_once(
+    conn: Conn, db_dsn: str, tmp_path: Path
+) -> None:
+    """The scheduled probe after the first run is --probe-interval (60 s) away, since no originator has a
+    rate to watch; the band of an originator added by a reload must come long before that."""
+    config = tmp_path / "partitiond.toml"
+    config.write_text("originators = [100]\n")
+    port = free_port()
+    log_path = tmp_path / "daemon.log"
+    started = time.monotonic()
+    with log_path.open("w") as log:
+        proc = start_daemon(
+            db_dsn,
+            *("--config", str(config), "--interval", "1h", "--jitter", "0", "--probe-interval", "60s"),
+            *("--metrics-address", f"127.0.0.1:{port}"),
+            log=log,
+        )
+    next_probe_not_before = started + 60  # the first run ends after the start, its probe 60 s later
+    try:
+        wait_for(lambda: successful_runs(port) >= 1, 30, "the first run")
+        assert l2_bounds(conn, "gateway_envelopes_meta", 100) == ["FOR VALUES FROM ('0') TO ('1000000')"]
+        assert l2_bounds(conn, "gateway_envelopes_meta", 200) == []
+
+        config.write_text("originators = [100, 200]\n")
+        proc.send_signal(signal.SIGHUP)
+        both_trees = ["FOR VALUES FROM ('0') TO ('1000000')"] * 2
+        wait_for(
+            lambda: (
+                l2_bounds(conn, "gateway_envelopes_meta", 200)
+                + l2_bounds(conn, "gateway_envelopes_blob", 200)
+                == both_trees
+            ),
+            next_probe_not_before - 20 - time.monotonic(),
+            "originator 200's band, 20 s or more before the next scheduled probe",
+        )
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    events = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+    [reloaded] = [e for e in events if e["event"] == "configuration reloaded"]
+    assert reloaded["changes"] == {"originators": "100 -> 100,200"}
+    created = [e for e in events if e["event"] == "band created"]
+    assert [(e["originator"], e["band_start"]) for e in created] == [(100, 0), (200, 0)]
+    assert events.index(reloaded) < events.index(created[1])
+
+
+@pytest.mark.slow
+def test_sighup_with_an_invalid_config_file_keeps_the_running_configuration(
+    conn: Conn, db_dsn: str, tmp_path: Path
+) -> None:
+    config = tmp_path / "partitiond.toml"
+    config.write_text("originators = [100]\n")
+    log_path = tmp_path / "daemon.log"
+    with log_path.open("w") as log:
+        proc = start_daemon(
+            db_dsn,
+            *("--config", str(config), "--interval", "1h", "--jitter", "0", "--probe-interval", "0"),
+            *("--metrics-address", ""),
+            log=log,
+        )
+    try:
+        wait_for(lambda: '"run finished"' in log_path.read_text(), 30, "the first run")
+        config.write_text("originators = [100, -7]\n")
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: '"reload refused' in log_path.read_text(), 20, "the refusal")
+        assert proc.poll() is None, "a bad reload must not stop the daemon"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    events = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+    [refused] = [e for e in events if e["event"].startswith("reload refused")]
+    assert f"originators in {config} must be" in refused["error"] and "-7" in refused["error"]
+    assert l2_bounds(conn, "gateway_envelopes_meta", 100) == ["FOR VALUES FROM ('0') TO ('1000000')"]

@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tomllib
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -44,6 +45,8 @@ DOCKERFILE = DEPLOY / "container" / "Dockerfile"
 ALERTS = DEPLOY / "prometheus" / "alerts.yaml"
 ALERT_TESTS = DEPLOY / "prometheus" / "alerts.test.yaml"
 ENV_EXAMPLE = SYSTEMD / "partitiond.env.example"
+TOML_EXAMPLE = SYSTEMD / "partitiond.toml.example"
+INSTALLED_CONFIG = "/etc/partitiond/partitiond.toml"  # where the units read settings; reload re-reads it
 
 INSTALL_BIN = "/opt/partitiond/bin/partitiond"  # the venv the units, the image and the README agree on
 DEFAULT_SHUTDOWN_TIMEOUT = 10.0
@@ -198,7 +201,10 @@ def test_systemd_units_have_the_required_settings() -> None:
     timer = parse_unit(SYSTEMD / "partitiond-once.timer")
 
     assert one(daemon, "Service", "Type") == "notify"
-    assert shlex.split(one(daemon, "Service", "ExecStart")) == [INSTALL_BIN, "run", "--log-format", "json"]
+    exec_daemon = shlex.split(one(daemon, "Service", "ExecStart"))
+    assert exec_daemon == [INSTALL_BIN, "run", "--config", INSTALLED_CONFIG, "--log-format", "json"]
+    # `systemctl reload` must reach the daemon as SIGHUP: that re-reads the --config file.
+    assert shlex.split(one(daemon, "Service", "ExecReload")) == ["/bin/kill", "-HUP", "$MAINPID"]
     # The daemon pings at half of WATCHDOG_USEC from a loop that ticks at most every 5 s.
     assert seconds(one(daemon, "Service", "WatchdogSec")) >= 20
     assert one(daemon, "Service", "Restart") == "on-failure"
@@ -209,7 +215,7 @@ def test_systemd_units_have_the_required_settings() -> None:
 
     assert one(once, "Service", "Type") == "oneshot"
     exec_once = shlex.split(one(once, "Service", "ExecStart"))
-    assert exec_once[:2] == [INSTALL_BIN, "run-once"]
+    assert exec_once[:4] == [INSTALL_BIN, "run-once", "--config", INSTALLED_CONFIG]
     textfile = Path(exec_once[exec_once.index("--metrics-textfile") + 1])
     assert textfile.suffix == ".prom"
     assert str(textfile.parent) in one(once, "Service", "ReadWritePaths").split()
@@ -235,9 +241,35 @@ def test_systemd_units_have_the_required_settings() -> None:
 
 
 def test_systemd_unit_command_lines_are_valid_cli_invocations() -> None:
+    """The units' flags parse, and so does their --config file as shipped (every example key set)."""
     for name in ("partitiond.service", "partitiond-once.service"):
-        argv = shlex.split(one(parse_unit(SYSTEMD / name), "Service", "ExecStart"))
-        cli_settings(argv[1:], env_file(ENV_EXAMPLE, commented_too=True))
+        argv = shlex.split(one(parse_unit(SYSTEMD / name), "Service", "ExecStart"))[1:]
+        at = argv.index("--config")
+        assert argv[at + 1] == INSTALLED_CONFIG, name
+        cli_settings(argv[:at] + argv[at + 2 :], env_file(ENV_EXAMPLE, commented_too=True))
+
+
+def toml_example(*, commented_too: bool) -> str:
+    """The TOML example's text, optionally with its '#key = value' examples uncommented."""
+    text = TOML_EXAMPLE.read_text()
+    return re.sub(r"(?m)^#([a-z_]+ = )", r"\1", text) if commented_too else text
+
+
+def test_toml_example_is_valid_for_the_real_settings(tmp_path: Path) -> None:
+    installed = tmp_path / "partitiond.toml"
+    installed.write_text(toml_example(commented_too=False))
+    assert load_settings({}, {}, installed) == load_settings({}, {}, None), "the example sets nothing"
+    installed.write_text(toml_example(commented_too=True))
+    keys = set(tomllib.loads(installed.read_text()))
+    assert {"originators", "interval", "metrics_address"} <= keys <= SETTING_FIELDS
+    assert not keys & {"dsn", "dsn_file"}, "the file is world-readable: no DSN in it"
+    settings = load_settings({}, {}, installed)
+    assert settings.originators == (100, 200)
+    assert settings.shutdown_timeout < seconds(
+        one(parse_unit(SYSTEMD / "partitiond.service"), "Service", "TimeoutStopSec")
+    )
+    text = TOML_EXAMPLE.read_text()
+    assert INSTALLED_CONFIG in text and "systemctl reload partitiond" in text
 
 
 @dataclass
@@ -318,8 +350,9 @@ def test_every_partitiond_variable_named_in_deploy_is_a_real_option() -> None:
 
 
 def containers(pod: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Init and app containers; a patch (sidecar-patch.yaml) may have only the former."""
     yield from pod.get("initContainers", [])
-    yield from pod["containers"]
+    yield from pod.get("containers", [])
 
 
 def container_env(container: dict[str, Any]) -> dict[str, str]:
@@ -392,7 +425,11 @@ def test_secret_example_is_clearly_fake() -> None:
 
 
 def sidecar_pod() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    deployment = only(load_yaml(KUBE / "sidecar.yaml"), "Deployment")
+    """The sidecar patch: a Deployment fragment holding only what it adds to an existing xmtpd.
+
+    What the patch makes of a whole Deployment (kustomize, kubectl patch) is tests/test_kubernetes.py's.
+    """
+    deployment = only(load_yaml(KUBE / "sidecar-patch.yaml"), "Deployment")
     pod = deployment["spec"]["template"]["spec"]
     side = [c for c in pod.get("initContainers", []) if c["name"] == "partitiond"]
     assert len(side) == 1, "partitiond must be an initContainer (native sidecar)"
@@ -402,28 +439,35 @@ def sidecar_pod() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
 def test_sidecar_manifest() -> None:
     deployment, pod, side = sidecar_pod()
     assert deployment["apiVersion"] == "apps/v1"
-    labels = deployment["spec"]["template"]["metadata"]["labels"]
-    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert deployment["metadata"] == {"name": "xmtpd"}, "the patch targets the Deployment named xmtpd"
+    assert "selector" not in deployment["spec"] and "replicas" not in deployment["spec"]
 
     assert side["restartPolicy"] == "Always"
-    assert side["args"] == ["run", "--log-format", "json", "--metrics-address", "0.0.0.0:9187"]
+    assert side["args"] == [
+        "run",
+        "--dsn-file",
+        "/var/run/secrets/partitiond/dsn",
+        "--log-format",
+        "json",
+        "--metrics-address",
+        "0.0.0.0:9187",
+    ]
     ports = {p["name"]: p for p in side["ports"]}
     assert ports["metrics"]["containerPort"] == 9187
     probe = side["livenessProbe"]["httpGet"]
     assert probe == {"path": "/healthz", "port": "metrics"}
     assert "readinessProbe" not in side
     assert "startupProbe" not in side or "readiness" not in json.dumps(side["startupProbe"])
-    text = (KUBE / "sidecar.yaml").read_text()
+    text = (KUBE / "sidecar-patch.yaml").read_text()
     assert re.search(r"#.*readinessProbe", text) and re.search(r"#.*readiness.*Pod", text), (
         "explain in a comment why the sidecar has no readinessProbe"
     )
     assert_restricted(pod, side)
     assert_dsn_from_secret_file(pod, side, secret())
     assert_resources(side)
-    assert pod["terminationGracePeriodSeconds"] > DEFAULT_SHUTDOWN_TIMEOUT
-
-    app = [c for c in pod["containers"] if c["name"] == "xmtpd"]
-    assert len(app) == 1 and app[0]["image"] == "ghcr.io/xmtp/xmtpd:latest"
+    # The grace period is xmtpd's (its own drain time); the patch leaves it alone.
+    assert "terminationGracePeriodSeconds" not in pod
+    assert pod["automountServiceAccountToken"] is False
 
 
 def test_cronjob_manifest() -> None:
@@ -441,7 +485,14 @@ def test_cronjob_manifest() -> None:
     pod = job["template"]["spec"]
     assert pod["restartPolicy"] == "Never"
     (container,) = pod["containers"]
-    assert container["args"] == ["run-once", "--log-format", "json"]
+    assert container["args"] == [
+        "run-once",
+        "--dsn-file",
+        "/var/run/secrets/partitiond/dsn",
+        "--log-format",
+        "json",
+    ]
+    assert pod["automountServiceAccountToken"] is False
     assert_restricted(pod, container)
     assert_dsn_from_secret_file(pod, container, secret())
     assert_resources(container)
@@ -449,7 +500,7 @@ def test_cronjob_manifest() -> None:
 
 
 def test_podmonitor_selects_the_sidecar_pod_and_its_named_port() -> None:
-    monitor = only(load_yaml(KUBE / "podmonitor.yaml"), "PodMonitor")
+    monitor = only(load_yaml(KUBE / "monitoring" / "podmonitor.yaml"), "PodMonitor")
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     deployment, _, side = sidecar_pod()
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
@@ -458,18 +509,20 @@ def test_podmonitor_selects_the_sidecar_pod_and_its_named_port() -> None:
     assert endpoint["path"] == "/metrics"
     assert endpoint["port"] in {p["name"] for p in side["ports"]}
     assert endpoint["port"] == side["livenessProbe"]["httpGet"]["port"] == "metrics"
+    # The alert rules group by `database`: the scrape must attach it.
+    assert [r["targetLabel"] for r in endpoint["relabelings"]] == ["database"]
 
 
 def test_every_partitiond_container_uses_valid_cli_arguments() -> None:
     checked = 0
-    for path in sorted(KUBE.glob("*.yaml")):
+    for path in sorted(KUBE.rglob("*.yaml")):
         for doc in load_yaml(path):
             for pod in pod_specs(doc):
                 for container in containers(pod):
                     if "partitiond" in container["image"]:
                         cli_settings(container["args"], container_env(container))
                         checked += 1
-    assert checked == 2, f"expected the sidecar and the CronJob container, checked {checked}"
+    assert checked == 2, f"expected the sidecar patch's and the CronJob's container, checked {checked}"
 
 
 def pod_specs(doc: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -582,6 +635,9 @@ REQUIRED_ALERTS = {
 }
 
 
+RUNBOOK_BASE = "https://partitiond-runbook.invalid/"  # the placeholder operators replace (README "Alerts")
+
+
 def alert_rules() -> list[dict[str, Any]]:
     doc = yaml.safe_load(ALERTS.read_text())
     rules = [rule for group in doc["groups"] for rule in group["rules"]]
@@ -604,21 +660,45 @@ def test_alert_rules_are_well_formed() -> None:
         assert set(rule) <= {"alert", "expr", "for", "labels", "annotations", "keep_firing_for"}, rule
         assert rule["labels"]["severity"] in ("critical", "warning")
         assert rule["annotations"]["summary"] and rule["annotations"]["description"]
+        assert rule["annotations"]["runbook_url"].startswith(RUNBOOK_BASE + "README.md#"), rule["alert"]
         assert rule["expr"].count("(") == rule["expr"].count(")"), rule["alert"]
         assert "for" not in rule or re.fullmatch(r"\d+[smh]", rule["for"]), rule["alert"]
+        # one Prometheus may watch several databases: every rule keeps them apart
+        assert "by (database" in rule["expr"], rule["alert"]
     exprs = {name: " ".join(r["expr"].split()) for name, r in by_name.items()}
-    assert exprs["PartitiondLowRunway"] == "partitiond_originator_seconds_to_exhaustion < 2 * 1800"
-    assert by_name["PartitiondLowRunway"]["for"] == "5m"
-    assert any("partitiond_originator_fill_ratio > 0.9" in e for e in exprs.values())
-    assert (
-        "time() - partitiond_last_success_timestamp_seconds > 3 * 1800" in exprs["PartitiondNoSuccessfulRun"]
+    assert exprs["PartitiondLowRunway"] == (
+        "min by (database, originator) (partitiond_originator_steady_seconds_to_exhaustion) < 2 * 1800"
     )
-    assert "partitiond_last_success_timestamp_seconds > 0" in exprs["PartitiondNoSuccessfulRun"]
-    assert "absent(partitiond_last_success_timestamp_seconds)" in exprs.values()
-    assert exprs["PartitiondEnsureFailures"] == "increase(partitiond_ensure_failures_total[1h]) > 0"
-    assert exprs["PartitiondNoLeader"] == "max(partitiond_leader) == 0"
+    assert by_name["PartitiondLowRunway"]["for"] == "5m"
+    assert any("(partitiond_originator_fill_ratio) > 0.9" in e for e in exprs.values())
+    newest_success = "max by (database) (partitiond_last_success_timestamp_seconds)"
+    assert f"time() - {newest_success} > 3 * 1800" in exprs["PartitiondNoSuccessfulRun"]
+    assert f"{newest_success} > 0" in exprs["PartitiondNoSuccessfulRun"]
+    assert "absent(partitiond_last_success_timestamp_seconds)" in exprs["PartitiondMetricsAbsent"]
+    assert exprs["PartitiondEnsureFailures"] == (
+        "sum by (database, reason) (increase(partitiond_ensure_failures_total[1h])) > 0"
+    )
+    assert exprs["PartitiondNoLeader"].startswith("max by (database) (partitiond_leader) == 0 unless")
+    assert "partitiond_last_leader_pass_timestamp_seconds" in exprs["PartitiondNoLeader"]
     assert by_name["PartitiondNoLeader"]["for"] == "15m"
-    assert exprs["PartitiondColdPath"] == "increase(partitiond_cold_path_suspicions_total[1h]) > 0"
+    assert exprs["PartitiondColdPath"] == (
+        "sum by (database, originator) (increase(partitiond_cold_path_suspicions_total[1h])) > 0"
+    )
+
+
+def readme_anchors() -> set[str]:
+    """The anchors GitHub-style renderers give README.md's headings (lower case, punctuation dropped)."""
+    headings = re.findall(r"^#+ (.+)$", (REPO / "README.md").read_text(encoding="utf-8"), re.M)
+    return {re.sub(r"[^a-z0-9 _-]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+def test_alert_runbook_urls_lead_to_readme_sections() -> None:
+    """Each alert links to its own README section, and that section names the alert."""
+    anchors = readme_anchors()
+    for rule in alert_rules():
+        anchor = rule["annotations"]["runbook_url"].removeprefix(RUNBOOK_BASE + "README.md#")
+        assert anchor == rule["alert"].lower(), rule["alert"]
+        assert anchor in anchors, f"README.md has no section #{anchor}"
 
 
 def test_alerts_use_only_metrics_partitiond_exports() -> None:
@@ -702,6 +782,10 @@ def test_a_running_daemon_exports_every_metric_the_alerts_use(conn: Conn, db_dsn
         assert re.search(r"^partitiond_last_success_timestamp_seconds [1-9]", text, re.M), text
         assert re.search(r'^partitiond_cold_path_suspicions_total\{originator="700"\} [1-9]', text, re.M)
         assert re.search(r'^partitiond_originator_seconds_to_exhaustion\{originator="900"\} ', text, re.M)
+        steady = r'^partitiond_originator_steady_seconds_to_exhaustion\{originator="900"\} '
+        assert re.search(steady, text, re.M), text
+        assert re.search(r"^partitiond_leader 1", text, re.M), text
+        assert re.search(r"^partitiond_last_leader_pass_timestamp_seconds [1-9]", text, re.M), text
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
     finally:

@@ -15,6 +15,7 @@ from partitiond.cluster import LocalCluster
 from .conftest import Roles
 from .pgtools import TREES, Conn, ensure_band, l2_bounds
 from .test_cli import cli
+from .test_daemon import start_daemon
 
 WIDTH = 1_000_000
 ENTRY_POINTS = {
@@ -311,6 +312,9 @@ def test_a_replaced_ensure_is_detected_and_not_overwritten_without_consent(roles
         conn.execute(XMTPD_V4)
     ran = cli("run-once", "--dsn", roles.daemon_dsn, "--originator", "100")
     assert ran.returncode == 4 and "is not partitiond's" in ran.stderr, ran.stderr
+    daemon = start_daemon(roles.daemon_dsn, "--originator", "100", "--metrics-address", "")
+    out, err = daemon.communicate(timeout=60)  # it stops by itself: waiting cannot fix this
+    assert daemon.returncode == 4 and "is not partitiond's" in out + err
     checked = cli("check", "--dsn", roles.daemon_dsn, "--originator", "100")
     assert checked.returncode == 2 and "is not partitiond's" in checked.stdout
     refused = cli("install-sql", "--dsn", roles.owner_dsn)
