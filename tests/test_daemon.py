@@ -55,6 +55,28 @@ def scrape(port: int) -> str:
         return ""
 
 
+def sample_names(exposition: str) -> set[str]:
+    """Names of the samples (not HELP/TYPE lines) in a text exposition, labelled or not."""
+    return set(re.findall(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{|\s)", exposition, re.M))
+
+
+def scrape_until(port: int, wanted: set[str], deadline: float, what: str) -> str:
+    """Scrape until every metric in ``wanted`` has a sample; the last exposition.  On timeout the error
+    names the missing metrics and shows the last scrape."""
+    latest = {"text": ""}
+
+    def all_present() -> bool:
+        latest["text"] = scrape(port)
+        return wanted <= sample_names(latest["text"])
+
+    try:
+        wait_for(all_present, deadline, what)
+    except AssertionError as exc:
+        missing = sorted(wanted - sample_names(latest["text"]))
+        raise AssertionError(f"{exc}; missing {missing}\n{latest['text']}") from None
+    return latest["text"]
+
+
 def successful_runs(port: int) -> float:
     match = re.search(r'^partitiond_runs_total\{result="success"\} (\S+)$', scrape(port), re.M)
     return float(match.group(1)) if match else 0.0

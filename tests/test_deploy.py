@@ -35,7 +35,7 @@ from partitiond.config import load_settings
 from partitiond.metrics import Metrics
 
 from .pgtools import Conn, seed_rows
-from .test_daemon import scrape, wait_for
+from .test_daemon import scrape_until
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -731,11 +731,6 @@ def test_alert_unit_tests_cover_every_alert() -> None:
     assert covered == {r["alert"] for r in alert_rules()}
 
 
-def sample_names(exposition: str) -> set[str]:
-    """Names of the samples (not HELP/TYPE lines) in a text exposition, labelled or not."""
-    return set(re.findall(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{|\s)", exposition, re.M))
-
-
 @pytest.mark.slow
 def test_a_running_daemon_exports_every_metric_the_alerts_use(conn: Conn, db_dsn: str) -> None:
     """Scrape `partitiond run` against PostgreSQL until every alert metric has a sample.
@@ -766,18 +761,7 @@ def test_a_running_daemon_exports_every_metric_the_alerts_use(conn: Conn, db_dsn
         text=True,
     )
     try:
-        latest: dict[str, str] = {"text": ""}
-
-        def all_present() -> bool:
-            latest["text"] = scrape(port)
-            return wanted <= sample_names(latest["text"])
-
-        try:
-            wait_for(all_present, 30, "every alert metric in the scrape")
-        except AssertionError as exc:
-            missing = sorted(wanted - sample_names(latest["text"]))
-            raise AssertionError(f"{exc}; missing {missing}\n{latest['text']}") from None
-        text = latest["text"]
+        text = scrape_until(port, wanted, 30, "every alert metric in the scrape")
         assert re.search(r'^partitiond_runs_total\{result="success"\} [1-9]', text, re.M), text
         assert re.search(r"^partitiond_last_success_timestamp_seconds [1-9]", text, re.M), text
         assert re.search(r'^partitiond_cold_path_suspicions_total\{originator="700"\} [1-9]', text, re.M)

@@ -24,9 +24,9 @@ import yaml
 
 from partitiond.cluster import free_port
 
-from .pgtools import Conn, seed_rows, wait_for
-from .test_daemon import scrape, start_daemon
-from .test_deploy import REPO, metric_names_in, sample_names
+from .pgtools import Conn, seed_rows
+from .test_daemon import scrape_until, start_daemon
+from .test_deploy import REPO, metric_names_in
 
 DASHBOARD = REPO / "deploy" / "grafana" / "partitiond.json"
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
@@ -181,17 +181,7 @@ def test_a_running_daemon_exports_every_metric_the_dashboard_uses(conn: Conn, db
     }
     proc = start_daemon(db_dsn, env=env)
     try:
-        latest = {"text": ""}
-
-        def all_present() -> bool:
-            latest["text"] = scrape(port)
-            return wanted <= sample_names(latest["text"])
-
-        try:
-            wait_for(all_present, 60, "every dashboard metric in the scrape")
-        except AssertionError as exc:
-            missing = sorted(wanted - sample_names(latest["text"]))
-            raise AssertionError(f"{exc}; missing {missing}\n{latest['text']}") from None
+        scrape_until(port, wanted, 60, "every dashboard metric in the scrape")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
     finally:
