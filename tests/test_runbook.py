@@ -17,7 +17,7 @@ import pytest
 from partitiond.check import run_check
 from partitiond.config import Settings
 
-from .pgtools import TREES, Conn, seed_rows
+from .pgtools import TREES, Conn, seed_rows, server_major
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text(encoding="utf-8")
@@ -175,3 +175,28 @@ def test_validating_the_blockchain_messages_key_does_not_block_inserts(
     assert not insert_waits(
         watcher, "INSERT INTO blockchain_messages VALUES (3, 'h', 100, %s, true)", [1_000_100]
     )
+
+
+def test_not_valid_on_the_partitioned_blob_table_is_refused_before_postgresql_18(conn: Conn) -> None:
+    """The runbook's claim, per major: before 18 the blob key cannot be added NOT VALID (and checked
+    later), so restoring it means one blocking statement; 18 accepts it."""
+    conn.execute(
+        "ALTER TABLE gateway_envelopes_blob"
+        " DROP CONSTRAINT gateway_envelope_blobs_originator_node_id_originator_seque_fkey"
+    )
+    add = (
+        "ALTER TABLE gateway_envelopes_blob ADD CONSTRAINT blob_meta_fkey"
+        " FOREIGN KEY (originator_node_id, originator_sequence_id)"
+        " REFERENCES gateway_envelopes_meta (originator_node_id, originator_sequence_id)"
+        " ON DELETE CASCADE NOT VALID"
+    )
+    if server_major(conn) >= 18:
+        conn.execute(add)
+        row = conn.execute(
+            "SELECT convalidated FROM pg_constraint WHERE conname = 'blob_meta_fkey'"
+        ).fetchone()
+        assert row == (False,)
+    else:
+        with pytest.raises(psycopg.errors.WrongObjectType, match="not yet supported on partitioned tables"):
+            conn.execute(add)
+    assert "PostgreSQL 15\u201317 cannot add it `NOT VALID`" in section("#### check `foreign-keys`")
