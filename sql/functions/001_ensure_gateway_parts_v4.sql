@@ -637,6 +637,81 @@ BEGIN
 END
 $$;
 
+-- Drop one empty band of one originator without losing a foreign key.  xmtpd's pruner runs
+-- `DROP TABLE IF EXISTS <meta leaf>, <blob leaf> CASCADE`, and CASCADE removes the blob -> meta and
+-- blockchain_messages -> meta foreign keys of the WHOLE tables.  Here each leaf is detached, then dropped,
+-- blob first (it references meta), never CASCADE.  Refused, nothing changed: no such band (22023), a band
+-- that holds rows or is the originator's highest (55000: xmtpd's pruner keeps the highest band, which
+-- inserts may still need).  The caller holds the exclusive side of xmtpd's key 5 with lock_timeout set,
+-- as for creating a band (partitiond prune does); returns the two tables dropped.
+CREATE OR REPLACE FUNCTION partitiond_drop_band(p_oid int, p_start bigint)
+RETURNS text[]
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_trees  CONSTANT text[] := ARRAY['gateway_envelopes_blob', 'gateway_envelopes_meta'];
+    v_tree   text;
+    v_l1     regclass;
+    v_leaf   regclass;
+    v_leaves regclass[] := ARRAY[]::regclass[];
+    v_l1s    regclass[] := ARRAY[]::regclass[];
+    v_names  text[] := ARRAY[]::text[];
+    v_top    bigint;
+BEGIN
+    IF p_oid IS NULL OR p_start IS NULL OR p_oid < 0 OR p_start < 0 THEN
+        RAISE EXCEPTION 'no such band starting at % of originator %', p_start, p_oid
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM partitiond_lock_creators();
+    FOREACH v_tree IN ARRAY v_trees LOOP
+        v_l1 := partitiond_l1_child(pg_catalog.format('%I.%I', pg_catalog.current_schema(), v_tree)::regclass, p_oid);
+        v_leaf := (SELECT l2.child FROM partitiond_l2_children(v_l1) AS l2 WHERE l2.band_start = p_start);
+        IF v_leaf IS NULL THEN
+            RAISE EXCEPTION 'originator % has no band starting at % in %', p_oid, p_start, v_tree
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Only bands of the envelope tables can be dropped, both trees at once.';
+        END IF;
+        v_top := (SELECT pg_catalog.max(l2.band_start) FROM partitiond_l2_children(v_l1) AS l2);
+        IF v_top = p_start THEN
+            RAISE EXCEPTION 'band starting at % is the highest band of originator % in %', p_start, p_oid, v_tree
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      HINT = 'The highest band is never dropped: inserts may still need it.';
+        END IF;
+        v_l1s := pg_catalog.array_append(v_l1s, v_l1);
+        v_leaves := pg_catalog.array_append(v_leaves, v_leaf);
+        v_names := pg_catalog.array_append(v_names, v_leaf::text);
+    END LOOP;
+    FOR i IN 1 .. 2 LOOP
+        EXECUTE pg_catalog.format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', v_leaves[i]);
+        IF partitiond_has_rows(v_leaves[i]) THEN
+            RAISE EXCEPTION 'band % still holds rows', v_leaves[i]
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      HINT = 'Only empty bands are dropped.';
+        END IF;
+    END LOOP;
+    FOR i IN 1 .. 2 LOOP
+        EXECUTE pg_catalog.format('ALTER TABLE %s DETACH PARTITION %s', v_l1s[i], v_leaves[i]);
+        EXECUTE pg_catalog.format('DROP TABLE %s', v_leaves[i]);
+    END LOOP;
+    RETURN v_names;
+END
+$$;
+
+-- Whether a table holds any row (reads one at most).
+CREATE OR REPLACE FUNCTION partitiond_has_rows(p_table regclass)
+RETURNS boolean
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_found boolean;
+BEGIN
+    EXECUTE pg_catalog.format('SELECT EXISTS (SELECT FROM %s)', p_table) INTO v_found;
+    RETURN v_found;
+END
+$$;
+
 -- The band holding (p_originator_node_id, p_originator_sequence_id), created if missing: both L1s, then
 -- both L2s.  partitiond's executor calls this, never ensure_gateway_parts_v4, so that a function of that
 -- name replaced by someone else (an xmtpd migration shipping its own v4, say) cannot change what
