@@ -88,8 +88,7 @@ class RateEstimator:
     __slots__ = ("_histories", "half_life", "max_jump_ids")
 
     def __init__(self, half_life: float = 300.0, max_jump_ids: int | None = None) -> None:
-        if not (math.isfinite(half_life) and half_life > 0.0):
-            raise ValueError(f"half_life must be a finite positive number of seconds, got {half_life}")
+        _require_seconds("half_life", half_life)
         if max_jump_ids is not None and max_jump_ids < 0:
             raise ValueError(f"max_jump_ids must be non-negative or None, got {max_jump_ids}")
         self.half_life = half_life
@@ -98,8 +97,7 @@ class RateEstimator:
 
     def observe(self, originator: int, at: float, position: int) -> Observation:
         """Feed one reading (``at``: monotonic seconds; ``position``: highest stored sequence id)."""
-        if not math.isfinite(at):
-            raise ValueError(f"timestamp must be finite, got {at}")
+        _require_finite_time(at)
         history = self._histories.get(originator)
         if history is None:
             self._histories[originator] = _History(at, position)
@@ -177,15 +175,13 @@ class SteadyRateEstimator:
     __slots__ = ("_trails", "window")
 
     def __init__(self, window: float = 600.0) -> None:
-        if not (math.isfinite(window) and window > 0.0):
-            raise ValueError(f"window must be a finite positive number of seconds, got {window}")
+        _require_seconds("window", window)
         self.window = window
         self._trails: dict[int, _Trail] = {}
 
     def observe(self, originator: int, at: float, position: int) -> Forecast:
         """Feed one reading and return the steady rate (unknown until a second reading)."""
-        if not math.isfinite(at):
-            raise ValueError(f"timestamp must be finite, got {at}")
+        _require_finite_time(at)
         trail = self._trails.get(originator)
         if trail is None or position < trail.position:
             self._trails[originator] = _Trail(at, position, [])
@@ -211,3 +207,15 @@ class SteadyRateEstimator:
     def forget(self, originator: int) -> None:
         """Drop an originator's history (it left the configuration).  Unknown originators are fine."""
         self._trails.pop(originator, None)
+
+
+def _require_seconds(name: str, value: float) -> None:
+    """Both estimators take a time span: finite and positive, or a clear error."""
+    if not (math.isfinite(value) and value > 0.0):
+        raise ValueError(f"{name} must be a finite positive number of seconds, got {value}")
+
+
+def _require_finite_time(at: float) -> None:
+    """A reading's timestamp: NaN or infinity would poison every rate computed from it."""
+    if not math.isfinite(at):
+        raise ValueError(f"timestamp must be finite, got {at}")
