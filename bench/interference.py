@@ -65,6 +65,7 @@ Conn = psycopg.Connection[Any]
 PROBE_INTERVAL = 1.0
 SPARE = 99  # the pruner's originator: empty old bands to drop
 LAZY = 98  # the lazy creator's originator: every insert lands in a new band
+BANDS_DEADLINE = 10.0  # seconds for every current and next band to be in place once the interferer is gone
 CONNECTION_LOST = "08000"  # reported for a connection that broke without a SQLSTATE
 
 
@@ -94,7 +95,6 @@ class WriterReport:
     latencies: list[float] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
     cold_path: int = 0
-    last: int = 0
 
 
 @dataclass
@@ -144,7 +144,6 @@ def writer_process(
         except RuntimeError:  # LazyWriter gave up after its retries
             report.errors["gave up"] += 1
             continue
-        report.last = seq
         seq += 1
     if conn is not None:
         conn.close()
@@ -349,18 +348,24 @@ def wait_for_writers(dsn: str, options: Options) -> None:
     raise RuntimeError("the writers did not start writing within 60 s")
 
 
-def bands_missing(dsn: str, options: Options, last: dict[int, int]) -> list[tuple[int, int]]:
-    """(originator, band start) of each current or next band missing from either tree, after waiting up
-    to three probe intervals (a writer may have entered a new band just before it stopped; the daemon
-    still runs)."""
+def bands_missing(dsn: str, options: Options) -> list[tuple[int, int]]:
+    """(originator, band start) of each current or next band missing from either tree, polled until none
+    is missing or ``BANDS_DEADLINE`` passes.
+
+    Checked while the writers still write: partitiond plans the next band from the rate it sees, and one
+    that is only planned after the position enters the current band (``--max-bands-ahead 1``) is due one
+    probe after the crossing — a writer that stops right after crossing leaves no rate to plan from, which
+    would test the writers' timing, not partitiond.  Positions are re-read on every poll, so an originator
+    that crosses meanwhile is checked against its new band."""
     w = options.band_width
-    deadline = time.monotonic() + 3 * PROBE_INTERVAL
+    deadline = time.monotonic() + BANDS_DEADLINE
     with psycopg.connect(dsn, autocommit=True) as conn:
         while True:
+            positions = latest_positions(conn, "public")
             missing = [
                 (oid, start)
                 for oid in options.originator_ids
-                for start in (last.get(oid, 0) // w * w, last.get(oid, 0) // w * w + w)
+                for start in (positions.get(oid, 0) // w * w, positions.get(oid, 0) // w * w + w)
                 if not _exists(conn, oid, start, w)
             ]
             if not missing or time.monotonic() > deadline:
@@ -422,13 +427,13 @@ def run_row(cluster: LocalCluster, name: str, options: Options, work_dir: Path) 
             interferer = threading.Timer(0.0 if frozen else options.interfere_at, act, [ctx])
             interferer.start()
             time.sleep(options.seconds)  # a duration: the writers and the daemon run meanwhile
+            ctx.stop.set()
+            interferer.join(60)
+            missing = bands_missing(dsn, options)
             stop.set()
             reports = [out.get(timeout=60) for _ in procs]
             for proc in procs:
                 proc.join(30)
-            ctx.stop.set()
-            interferer.join(60)
-            missing = bands_missing(dsn, options, {r.oid: r.last for r in reports})
             ctx.notes += [
                 f"band [{start:,}, +{options.band_width:,}) of originator {oid} missing"
                 for oid, start in missing
