@@ -50,7 +50,7 @@ from psycopg import sql
 
 from partitiond import sqlfiles
 from partitiond.bands import Band
-from partitiond.cluster import throwaway_cluster
+from partitiond.cluster import LocalCluster, throwaway_cluster
 from partitiond.config import Settings
 from partitiond.executor import Executor, RetryBudget
 from partitiond.planner import PlannedBand
@@ -312,6 +312,20 @@ def render(size: int, mode: str, cells: dict[str, Cell]) -> list[str]:
     return lines
 
 
+@contextmanager
+def envelope_cluster(prefix: str) -> Iterator[tuple[LocalCluster, Conn]]:
+    """A throwaway cluster with xmtpd's tables, partitiond's functions and one envelope (originator 1,
+    band 0), and an autocommit connection to it."""
+    with (
+        throwaway_cluster(prefix=prefix) as cluster,
+        psycopg.connect(cluster.dsn(), autocommit=True) as conn,
+    ):
+        sqlfiles.install_schema(conn)
+        sqlfiles.install_functions(conn)
+        LazyWriter(conn, band_width=WIDTH).insert(1, 0)
+        yield cluster, conn
+
+
 def csv_ints(text: str) -> list[int]:
     try:
         values = [int(part) for part in text.split(",")]
@@ -344,13 +358,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"--samples {args.samples} --readers {args.readers} --modes '{','.join(args.modes)}'\n",
         flush=True,
     )
-    with (
-        throwaway_cluster(prefix="partitiond-hold-") as cluster,
-        psycopg.connect(cluster.dsn(), autocommit=True) as conn,
-    ):
-        sqlfiles.install_schema(conn)
-        sqlfiles.install_functions(conn)
-        LazyWriter(conn, band_width=WIDTH).insert(1, 0)
+    with envelope_cluster("partitiond-hold-") as (cluster, conn):
         next_band = dict.fromkeys(range(1, args.originators + 1), 0)
         for size in sorted(args.sizes):
             bands = max(1, size // args.originators)

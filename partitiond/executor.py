@@ -27,7 +27,9 @@ as holding.  One band, in order:
    statement, ``partitiond_attach_staged`` (meta ATTACH, blob ``PARTITION OF`` after a budget-bounded
    ACCESS EXCLUSIVE on the blob L1), or ``ensure_gateway_parts_v4`` when staging did not apply (a new
    originator, a half-built band, a table in the way); ``COMMIT``.
-6. ``partitiond_unstage``: whatever an unsuccessful attempt staged is dropped.
+6. ``partitiond_unstage``, after COMMIT: whatever is still staged is dropped — the staged blob table the
+   fast path's ``PARTITION OF`` replaced (dropping it under key 5 cost the hold ~0.5 ms and an unlink at
+   COMMIT), or what an unsuccessful attempt staged.
 
 A lock not free within the budget (before or under key 5), the hold timeout, or a blob L1 being read while
 the originator still has runway make the attempt a *deferral*: the transaction rolls back at once
@@ -164,14 +166,14 @@ def classify(exc: BaseException) -> str:
     return "other"
 
 
-def _deferral(exc: psycopg.Error, under_key_5: bool) -> Deferred | None:
+def deferral(exc: psycopg.Error, under_key_5: bool) -> Deferred | None:
     """The deferral an error under (or queued for) key 5 stands for, or None for a real error."""
     if exc.sqlstate == BLOB_BUSY:
-        return Deferred("blob_read", _one_line(exc))
+        return Deferred("blob_read", error_line(exc))
     if isinstance(exc, errors.LockNotAvailable):
-        return Deferred("held_lock" if under_key_5 else "key5_busy", _one_line(exc))
+        return Deferred("held_lock" if under_key_5 else "key5_busy", error_line(exc))
     if isinstance(exc, errors.QueryCanceled) and "statement timeout" in (exc.diag.message_primary or ""):
-        return Deferred("hold_timeout", _one_line(exc))
+        return Deferred("hold_timeout", error_line(exc))
     return None
 
 
@@ -193,7 +195,7 @@ def may_go_slow(planned: PlannedBand, settings: Settings) -> bool:
     return planned.runway is not None and planned.runway < settings.slow_path_runway
 
 
-def _session_params(settings: Settings) -> list[str]:
+def session_params(settings: Settings) -> list[str]:
     return [_pg_interval(settings.lock_timeout), _pg_interval(settings.statement_timeout)]
 
 
@@ -207,7 +209,7 @@ def _warm_params(planned: PlannedBand, settings: Settings) -> dict[str, int]:
     return {"oid": planned.originator, "budget_ms": max(1, round(settings.hold_budget * 1000))}
 
 
-def _band_settings_params(settings: Settings) -> dict[str, str]:
+def band_settings_params(settings: Settings) -> dict[str, str]:
     return {
         "budget": _pg_interval(settings.hold_budget),
         "hold": _pg_interval(settings.hold_timeout),
@@ -229,10 +231,54 @@ def pass_steps(settings: Settings) -> list[Step]:
     (:class:`Executor`), then the clean-up of tables an interrupted run left staged (:func:`unstage_all`)."""
     return [
         Step(
-            "lock and statement timeouts outside key 5", sql.SQL(SESSION_SETTINGS), _session_params(settings)
+            "lock and statement timeouts outside key 5", sql.SQL(SESSION_SETTINGS), session_params(settings)
         ),
         Step("drop tables an interrupted run left staged", calls(settings.schema)["unstage_all"]),
     ]
+
+
+def hold_steps(settings: Settings) -> list[Step]:
+    """How a transaction that must hold key 5 starts (``--dry-run``): BEGIN, the hold settings, then key 5
+    as :func:`take_protocol_lock` takes it (nothing when ``protocol_lock`` is off)."""
+    steps = [
+        Step("the band's transaction", sql.SQL("BEGIN")),
+        Step(
+            "hold budget, hold timeout, idle-in-transaction timeout",
+            sql.SQL(BAND_SETTINGS),
+            band_settings_params(settings),
+        ),
+    ]
+    if settings.protocol_lock:
+        key = [settings.protocol_lock_key]
+        steps += [
+            Step(f"key 5 without queueing, up to {TRY_LOCK_TRIES} tries", sql.SQL(TRY_KEY), key),
+            Step("else queued for key 5, for at most the hold budget", sql.SQL(QUEUE_KEY), key),
+        ]
+    return steps
+
+
+def backoff(attempt: int, rng: random.Random) -> float:
+    """Full-jitter exponential backoff: spreads competing creators (and prunes) apart instead of in
+    lock-step."""
+    return rng.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt))
+
+
+def take_protocol_lock(
+    conn: Conn, settings: Settings, sleep: Callable[[float], object], rng: random.Random
+) -> None:
+    """Exclusive side of xmtpd's key (``protocol_lock_key``), inside the caller's transaction, after its
+    hold settings: in a gap between inserts if one comes, else queued (for at most the hold budget, the
+    transaction's lock_timeout: every new insert queues behind the request).  Nothing when
+    ``protocol_lock`` is off.  Band creation and ``partitiond prune`` both take it this way."""
+    if not settings.protocol_lock:
+        return
+    key = settings.protocol_lock_key
+    for _ in range(TRY_LOCK_TRIES):
+        row = conn.execute(TRY_KEY, [key]).fetchone()
+        if row and row[0]:
+            return
+        sleep(rng.uniform(*TRY_LOCK_GAP))
+    conn.execute(QUEUE_KEY, [key])
 
 
 def band_steps(planned: PlannedBand, settings: Settings, plain: tuple[bool, bool]) -> list[Step]:
@@ -265,20 +311,7 @@ def band_steps(planned: PlannedBand, settings: Settings, plain: tuple[bool, bool
         steps.append(Step(note, c["stage"], {**band, "blob": True}))
     if staged:
         steps.append(Step("warm this backend's caches", c["warm"], _warm_params(planned, settings)))
-    steps += [
-        Step("the band's transaction", sql.SQL("BEGIN")),
-        Step(
-            "hold budget, hold timeout, idle-in-transaction timeout",
-            sql.SQL(BAND_SETTINGS),
-            _band_settings_params(settings),
-        ),
-    ]
-    if settings.protocol_lock:
-        key = [settings.protocol_lock_key]
-        steps += [
-            Step(f"key 5 without queueing, up to {TRY_LOCK_TRIES} tries", sql.SQL(TRY_KEY), key),
-            Step("else queued for key 5, for at most the hold budget", sql.SQL(QUEUE_KEY), key),
-        ]
+    steps += hold_steps(settings)
     if staged:
         attach = {**band, "allow_slow": may_go_slow(planned, settings)}
         steps.append(Step("under key 5: attach the staged tables", c["attach"], attach))
@@ -286,8 +319,13 @@ def band_steps(planned: PlannedBand, settings: Settings, plain: tuple[bool, bool
         ensure = {**band, "width": settings.band_width}
         steps.append(Step("under key 5: the full ensure (staging does not apply)", c["ensure"], ensure))
     steps.append(Step("releases key 5", sql.SQL("COMMIT")))
-    if not staged:
-        steps.append(Step("drop whatever was staged", c["unstage"], band))
+    steps.append(
+        Step(
+            "after key 5: drop whatever is still staged (the blob table PARTITION OF replaced)",
+            c["unstage"],
+            band,
+        )
+    )
     return steps
 
 
@@ -310,7 +348,7 @@ class Executor:
     def __post_init__(self) -> None:
         s = self.settings
         self._calls = calls(s.schema)
-        self.conn.execute(SESSION_SETTINGS, _session_params(s))
+        self.conn.execute(SESSION_SETTINGS, session_params(s))
 
     def ensure(self, planned: PlannedBand, budget: RetryBudget) -> Outcome:
         attempts = 0
@@ -330,7 +368,7 @@ class Executor:
                     failure, error, status = exc.reason, str(exc), "deferred"
                     deferrals.append(exc.reason)
                 except psycopg.Error as exc:
-                    failure, error = classify(exc), _one_line(exc)
+                    failure, error = classify(exc), error_line(exc)
                 waited += time.perf_counter() - started
                 if failure is None:
                     return Outcome(
@@ -344,7 +382,7 @@ class Executor:
                         path=done.path,
                     )
                 final = attempts >= self.settings.lock_attempts or failure == "other"
-                pause = None if final else budget.take(self._backoff(attempts))
+                pause = None if final else budget.take(backoff(attempts, self.rng))
                 if pause is None:
                     return Outcome(
                         planned, status, attempts, waited, failure, error, tuple(deferrals), tuple(holds)
@@ -353,10 +391,6 @@ class Executor:
         finally:
             if self._staged:
                 self._unstage(band)
-
-    def _backoff(self, attempt: int) -> float:
-        """Full-jitter exponential backoff: spreads competing creators apart instead of in lock-step."""
-        return self.rng.uniform(0, min(BACKOFF_CAP, BACKOFF_BASE * 2**attempt))
 
     def _attempt(self, planned: PlannedBand, band: dict[str, int], holds: list[float]) -> _Done:
         """One try at one band; raises :class:`Deferred` when something else holds what it needs."""
@@ -373,8 +407,6 @@ class Executor:
         if staged and done.existed and not self._scalar(self._calls["band_exists"], band):
             # A creator took a name of the band meanwhile but did not finish it: the full ensure does.
             done, hold = self._timed(planned, band, False, holds)
-        elif staged and not done.existed:
-            self._staged = False  # rename + attach consumed what was staged
         if done.steps:
             done.steps["commit"] = max(0.0, hold - sum(done.steps.values()))
         return done
@@ -389,7 +421,7 @@ class Executor:
         except psycopg.Error as exc:
             if self._granted is not None:
                 holds.append(time.perf_counter() - self._granted)
-            deferred = _deferral(exc, under_key_5=self._granted is not None)
+            deferred = deferral(exc, under_key_5=self._granted is not None)
             if deferred is None:
                 raise
             raise deferred from None
@@ -403,9 +435,8 @@ class Executor:
         s = self.settings
         self._granted = None
         with self.conn.transaction() as tx:
-            self.conn.execute(BAND_SETTINGS, _band_settings_params(s))
-            if s.protocol_lock:
-                self._protocol_lock()
+            self.conn.execute(BAND_SETTINGS, band_settings_params(s))
+            take_protocol_lock(self.conn, s, self.sleep, self.rng)
             self._granted = time.perf_counter()
             faults.inject("holding-key5")
             done = self._held(planned, band, staged)
@@ -421,7 +452,7 @@ class Executor:
                 self._scalar(self._calls["stage"], {**band, "blob": True})
             )
         except errors.LockNotAvailable as exc:
-            raise Deferred("stage_busy", _one_line(exc)) from None
+            raise Deferred("stage_busy", error_line(exc)) from None
 
     def _held(self, planned: PlannedBand, band: dict[str, int], staged: bool) -> _Done:
         """The one statement run while key 5 is held."""
@@ -450,17 +481,6 @@ class Executor:
         row = self.conn.execute(query, params).fetchone()
         return row[0] if row else None
 
-    def _protocol_lock(self) -> None:
-        """Exclusive side of xmtpd's key: in a gap between inserts if one comes, else queued (for at most
-        the hold budget, the transaction's lock_timeout: every new insert queues behind the request)."""
-        key = self.settings.protocol_lock_key
-        for _ in range(TRY_LOCK_TRIES):
-            row = self.conn.execute(TRY_KEY, [key]).fetchone()
-            if row and row[0]:
-                return
-            self.sleep(self.rng.uniform(*TRY_LOCK_GAP))
-        self.conn.execute(QUEUE_KEY, [key])
-
 
 def unstage_all(conn: Conn, schema: str) -> int:
     """Drop every staged table a crashed or killed run left behind; the leader calls it at each full run."""
@@ -468,6 +488,6 @@ def unstage_all(conn: Conn, schema: str) -> int:
     return int(row[0]) if row else 0
 
 
-def _one_line(exc: psycopg.Error) -> str:
+def error_line(exc: psycopg.Error) -> str:
     primary = exc.diag.message_primary or str(exc).splitlines()[0]
     return f"{exc.sqlstate or '?????'}: {primary}"
