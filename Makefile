@@ -21,7 +21,7 @@ help:
 	@echo "                (PG=15|16|17|18|system picks the server; 16 by default)"
 	@echo "make test-matrix  the test suite on PostgreSQL 15, 16, 17 and 18, one after the other"
 	@echo "make lint       ruff + mypy --strict"
-	@echo "make bench      hot-path, discovery, key-5 hold and interference benchmarks (real PostgreSQL)"
+	@echo "make bench      hot-path, discovery, key-5 hold (creating, dropping), interference and repair benchmarks (real PostgreSQL)"
 	@echo "make bench-sim  runway simulation: cold-path hits per policy over a simulated week"
 	@echo "make torture    minutes-long concurrency torture run"
 
@@ -96,7 +96,9 @@ bench: $(STAMP) postgres-server
 	$(BIN)/python bench/hotpath.py $(BENCH_ARGS)
 	$(BIN)/python bench/discovery.py $(BENCH_ARGS)
 	$(BIN)/python bench/hold.py $(BENCH_ARGS)
+	$(BIN)/python bench/drop.py $(BENCH_ARGS)
 	$(BIN)/python bench/interference.py $(BENCH_ARGS)
+	$(BIN)/python bench/repair.py $(BENCH_ARGS)
 
 bench-sim: $(STAMP)
 	$(BIN)/python bench/runway_sim.py $(SIM_ARGS)

@@ -52,10 +52,15 @@ def _one_line(text: str) -> str:
     return " ".join(redact(text).split())
 
 
-def explain(exc: psycopg.Error, role: str | None = None, schema: str = "public") -> str | None:
+def explain(
+    exc: psycopg.Error, role: str | None = None, schema: str = "public", owner_only: str | None = None
+) -> str | None:
     """One line saying what is missing and how to fix it, or None for errors that are not about grants or
-    installs."""
+    installs.  ``owner_only``: the command needs the tables' owner, so no grant to the runtime role can fix
+    a permission error; the line gives this advice instead."""
     primary = _one_line(exc.diag.message_primary or str(exc))
+    if exc.sqlstate == PERMISSION_DENIED and owner_only:
+        return f"{primary}: {owner_only}"
     if exc.sqlstate == PERMISSION_DENIED:
         who = f"role {role}" if role else "the runtime role"
         return (
@@ -75,9 +80,11 @@ def explain(exc: psycopg.Error, role: str | None = None, schema: str = "public")
     return None
 
 
-def failure(exc: psycopg.Error, role: str | None = None, schema: str = "public") -> pipeline.PassFailure:
+def failure(
+    exc: psycopg.Error, role: str | None = None, schema: str = "public", owner_only: str | None = None
+) -> pipeline.PassFailure:
     """A database error as the command's failure: exit 4 with :func:`explain`'s line, else exit 3."""
-    message = explain(exc, role, schema)
+    message = explain(exc, role, schema, owner_only)
     if message is not None:
         return pipeline.PassFailure(pipeline.EXIT_MISSING, message)
     return pipeline.PassFailure(pipeline.EXIT_SERVER, f"database error: {_one_line(str(exc))}")

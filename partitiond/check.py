@@ -259,7 +259,7 @@ def examine(
     try:
         conn = pipeline.open_connection(settings, env)
     except pipeline.PassFailure as exc:
-        return [Finding("critical", "connection", "server", _one_line(str(exc)))], None
+        return [Finding("critical", "connection", "server", pipeline.one_line(str(exc)))], None
     with conn:
         try:
             conn.read_only = True
@@ -278,11 +278,6 @@ def run_check(
     """Connect, collect, evaluate.  Never raises for database trouble: that is a critical finding."""
     findings, _facts = examine(settings, env, forecasts)
     return findings, exit_code(findings)
-
-
-def _one_line(text: str) -> str:
-    """libpq's messages continue on indented lines ("\tIs the server running…"): monitoring wants one."""
-    return " ".join(text.split())
 
 
 def summary(findings: Sequence[Finding]) -> dict[str, int]:

@@ -27,7 +27,7 @@ import click
 import psycopg
 import structlog
 
-from partitiond import __version__, access, catalog, pipeline, sqlfiles
+from partitiond import __version__, access, catalog, pipeline, prune, repair, sqlfiles
 from partitiond.check import check_and_report
 from partitiond.config import ConfigError, Settings, format_duration, load_settings
 from partitiond.demo import demo_command
@@ -292,6 +292,18 @@ COMMAND_SETTINGS: dict[str, tuple[str, ...]] = {
     "plan": CONNECTION + BANDS + PLANNING + LOGGING,
     "run-once": CONNECTION + BANDS + PLANNING + CREATING + LEASE + ("metrics_textfile",) + LOGGING,
     "run": CONNECTION + BANDS + PLANNING + CREATING + LEASE + DAEMON + LOGGING,
+    # --originator narrows a prune to those originators; the drops hold key 5 as band creation does.
+    "prune": (*CONNECTION, "originators", *CREATING, *LOGGING),
+    # repair's DDL: the hold budget bounds each wait for a lock inserts need, --lock-timeout a validation's.
+    "repair": (
+        *CONNECTION,
+        "lock_timeout",
+        "statement_timeout",
+        "hold_budget",
+        "lock_attempts",
+        "retry_budget",
+        *LOGGING,
+    ),
 }
 
 
@@ -670,6 +682,50 @@ def _print_table(rows: list[dict[str, object]], columns: list[str]) -> None:
         click.echo("  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)))
 
 
+@main.command("prune")
+@click.option(
+    "--apply",
+    is_flag=True,
+    help="Drop the bands.  Without it, a dry run: list them with every statement --apply would send.",
+)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@settings_options("prune")
+def prune_command(apply: bool, fmt: str, **raw: Any) -> None:
+    """Drop the bands xmtpd's pruner would drop, keeping the envelope tables' foreign keys.
+
+    xmtpd's pruner drops every empty band below an originator's highest band with DROP TABLE ... CASCADE,
+    and the CASCADE silently removes the foreign keys blob -> meta and blockchain_messages -> meta of the
+    whole tables.  prune finds the same bands from the partition tree and drops each one leaf by leaf
+    (partitiond_drop_band: blob then meta, DETACH then DROP, never CASCADE), each in its own short
+    transaction holding xmtpd's key 5 as band creation does (--hold-budget, --hold-timeout).  A busy lock
+    defers the band (retried, then reported: exit 1, nothing changed); a band that got rows or became the
+    highest meanwhile is skipped.  xmtpd's pruner still deletes expired envelopes: only its DROP is
+    replaced.
+
+    --originator limits the prune to those originators; so do PARTITIOND_ORIGINATORS and the file's
+    originators, which a shared configuration may set for provisioning.
+
+    Dry run by default.  Exit codes: 0 every band dropped (or a dry run), 1 some band deferred or failed,
+    2 usage, 3 cannot connect, 4 function or privileges missing.
+
+    \b
+    Examples:
+      partitiond prune --dsn-file /etc/partitiond/dsn                 # what would go, and the SQL
+      partitiond prune --dsn-file /etc/partitiond/dsn --apply --format json
+      partitiond prune --apply --originator 100 --originator 200
+    """
+    settings = build_settings(raw)
+    report = _read(settings, lambda conn: prune.prune(conn, settings, apply=apply))
+    if fmt == "json":
+        click.echo(json.dumps(prune.document(report), indent=2))
+    elif report.outcomes:
+        _print_table(prune.rows(report), list(prune.COLUMNS))
+        click.echo(prune.summary(report))
+    else:
+        click.echo("\n".join(prune.dry_run_lines(report)))
+    sys.exit(report.exit_code)
+
+
 @main.command("check")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @settings_options("check")
@@ -695,6 +751,57 @@ def check_command(fmt: str, **raw: Any) -> None:
       partitiond check --dsn-file /etc/partitiond/dsn --format json
     """
     sys.exit(check_and_report(build_settings(raw), fmt, os.environ))
+
+
+@main.command("repair")
+@click.option(
+    "--apply",
+    is_flag=True,
+    help="Run the statements.  Without it, a dry run: print each statement and what it blocks, send none.",
+)
+@click.option(
+    "--allow-blocking",
+    is_flag=True,
+    help="Consent to the blocking path (a plain ADD FOREIGN KEY that makes every insert wait while every "
+    "blob row is checked) when it is the only one left; without it --apply refuses (exit 2).",
+)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@settings_options("repair")
+def repair_command(apply: bool, allow_blocking: bool, fmt: str, **raw: Any) -> None:
+    """Restore the foreign keys xmtpd's pruner drops, blocking inserts as little as the server allows.
+
+    Finds what `partitiond check` reports missing (gateway_envelopes_blob -> gateway_envelopes_meta ON
+    DELETE CASCADE, blockchain_messages -> gateway_envelopes_meta) and re-creates them under xmtpd's exact
+    names.  PostgreSQL 18: the blob key NOT VALID on the parent, then validated leaf by leaf (inserts go
+    on).  15-17 (no NOT VALID on a partitioned table): each blob leaf keyed NOT VALID and validated, then
+    the L1s and the parent attach the validated keys; for trees too big for that (blob leaves x meta
+    tables above 10,000) only a plain ADD FOREIGN KEY is left, which makes every insert wait for the whole
+    check: refused without --allow-blocking, with an estimate.  blockchain_messages: NOT VALID, then
+    VALIDATE, on every major.
+
+    Each statement runs in its own transaction; one that needs a lock inserts wait for waits at most
+    --hold-budget per lock and is retried (--lock-attempts, --retry-budget); validations wait up to
+    --lock-timeout and then run as long as the rows take.  An interrupted repair is completed by running
+    it again.  Must run as the owner of the envelope tables (exit 4 otherwise).
+
+    Dry run by default.  Exit codes: 0 nothing missing, repaired, or a dry run; 1 a step failed or was
+    deferred (run it again), or a key repair will not touch; 2 refused (blocking path without
+    --allow-blocking); 3 cannot connect; 4 not the tables' owner, or tables missing.
+
+    \b
+    Examples:
+      partitiond repair --dsn postgresql://xmtpd_owner@db/xmtpd            # the statements, and what blocks
+      partitiond repair --dsn postgresql://xmtpd_owner@db/xmtpd --apply
+      partitiond repair --dsn postgresql://xmtpd_owner@db/xmtpd --apply --allow-blocking --format json
+    """
+    settings = build_settings(raw)
+    report = _guard(
+        lambda: repair.repair(settings, os.environ, apply_steps=apply, allow_blocking=allow_blocking)
+    )
+    click.echo(repair.render(report, fmt))
+    if apply and report.plan.refusal is not None:
+        click.echo(f"partitiond: {report.plan.refusal}", err=True)
+    sys.exit(report.exit_code)
 
 
 main.add_command(demo_command)

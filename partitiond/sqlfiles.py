@@ -21,13 +21,13 @@ from psycopg import sql
 # Bump whenever anything under sql/functions/ changes.  The marker (a comment on the ensure) is for people;
 # whether the installed functions are partitiond's current ones is decided by a digest of their bodies
 # (family_digest), which a CREATE OR REPLACE by anyone else changes while the comment survives.
-SQL_VERSION = 6
+SQL_VERSION = 7
 VERSION_MARKER = f"partitiond sql-version {SQL_VERSION}"
 ENSURE_SIGNATURE = "ensure_gateway_parts_v4(integer, bigint, bigint)"
 # What the runtime role calls: the executor's ensure (never ensure_gateway_parts_v4, which others may
 # replace), its lock-free existence check, its pre-flight look at who holds the locks a band needs, its
 # staged creation path (stage, warm, attach under key 5, clean up), check's look at the schema's ACL, and
-# the safe drop of an empty band.
+# `partitiond prune`'s two: the bands xmtpd's pruner would drop, and the safe drop of an empty band.
 EXECUTOR_SIGNATURES = (
     "partitiond_ensure(integer, bigint, bigint)",
     "partitiond_band_exists(integer, bigint, bigint)",
@@ -38,6 +38,7 @@ EXECUTOR_SIGNATURES = (
     "partitiond_unstage(integer, bigint)",
     "partitiond_untrusted_creators()",
     "partitiond_drop_band(integer, bigint)",
+    "partitiond_prunable_bands()",
 )
 _FUNCTION = re.compile(r"CREATE OR REPLACE FUNCTION (\w+)\(.*?\bAS \$\$(.*?)\$\$;", re.DOTALL)
 

@@ -48,8 +48,10 @@ ALTER FUNCTION partitiond_stage_table(integer, bigint, bigint, boolean) SECURITY
 ALTER FUNCTION partitiond_warm(integer, integer) SECURITY DEFINER;
 ALTER FUNCTION partitiond_attach_staged(integer, bigint, bigint, boolean) SECURITY DEFINER;
 ALTER FUNCTION partitiond_unstage(integer, bigint) SECURITY DEFINER;
--- Dropping an empty band (partitiond prune) keeps the foreign keys that xmtpd's pruner's CASCADE loses.
+-- Dropping an empty band (partitiond prune) keeps the foreign keys that xmtpd's pruner's CASCADE loses;
+-- finding the bands the pruner would drop reads one row at most of each band, as the tables' owner.
 ALTER FUNCTION partitiond_drop_band(integer, bigint) SECURITY DEFINER;
+ALTER FUNCTION partitiond_prunable_bands() SECURITY DEFINER;
 -- And `check`'s look at who else may create objects in the schema (read-only).
 ALTER FUNCTION partitiond_untrusted_creators() SECURITY DEFINER;
 
