@@ -696,8 +696,9 @@ def prune_command(apply: bool, fmt: str, **raw: Any) -> None:
     xmtpd's pruner drops every empty band below an originator's highest band with DROP TABLE ... CASCADE,
     and the CASCADE silently removes the foreign keys blob -> meta and blockchain_messages -> meta of the
     whole tables.  prune finds the same bands from the partition tree and drops each one leaf by leaf
-    (partitiond_drop_band: blob then meta, DETACH then DROP, never CASCADE), each in its own short
-    transaction holding xmtpd's key 5 as band creation does (--hold-budget, --hold-timeout).  A busy lock
+    (partitiond_drop_band: the blob leaf dropped, then the meta leaf detached and dropped, never
+    CASCADE), each in its own short transaction holding xmtpd's key 5 as band creation does
+    (--hold-budget, --hold-timeout).  A busy lock
     defers the band (retried, then reported: exit 1, nothing changed); a band that got rows or became the
     highest meanwhile is skipped.  xmtpd's pruner still deletes expired envelopes: only its DROP is
     replaced.

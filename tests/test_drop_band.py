@@ -2,7 +2,7 @@
 
 xmtpd's pruner drops an empty band with ``DROP TABLE IF EXISTS <meta leaf>, <blob leaf> CASCADE``; the
 CASCADE removes the blob -> meta and blockchain_messages -> meta foreign keys of the whole tables.
-``partitiond_drop_band`` detaches and drops the blob leaf, then the meta leaf, never CASCADE.
+``partitiond_drop_band`` drops the blob leaf as it is, then detaches and drops the meta leaf, never CASCADE.
 """
 
 from __future__ import annotations
