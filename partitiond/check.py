@@ -50,7 +50,7 @@ FATAL_CHECKS = frozenset({"connection", "database"})
 _ON_DELETE = {"a": "NO ACTION", "r": "RESTRICT", "c": "CASCADE", "n": "SET NULL", "d": "SET DEFAULT"}
 _PRUNE_HAZARD = (
     "xmtpd's pruner drops partitions with DROP TABLE … CASCADE, which removes the top-level foreign key "
-    "of the whole table; re-create it"
+    "of the whole table; `partitiond repair --apply` re-creates it"
 )
 
 
@@ -210,7 +210,7 @@ def _foreign_keys(facts: Facts) -> Iterator[Finding]:
             "their blobs",
         )
     else:
-        yield Finding("ok", "foreign-keys", subject, f"{blob.name} (ON DELETE CASCADE)")
+        yield _present(facts, BLOB, subject, f"{blob.name} (ON DELETE CASCADE)")
     subject = f"blockchain_messages → {META}"
     messages = found.get("blockchain_messages")
     if not facts.of_kind("table"):
@@ -225,7 +225,22 @@ def _foreign_keys(facts: Facts) -> Iterator[Finding]:
             f"{_PRUNE_HAZARD}",
         )
     else:
-        yield Finding("ok", "foreign-keys", subject, f"{messages.name}")
+        yield _present(facts, "blockchain_messages", subject, f"{messages.name}")
+
+
+def _present(facts: Facts, relation: str, subject: str, ok: str) -> Finding:
+    """A key that is there: ok, unless it is still NOT VALID (rows older than it were never checked)."""
+    unchecked = [f for f in facts.of_kind("foreign_key_not_valid") if f.relation == relation]
+    if not unchecked:
+        return Finding("ok", "foreign-keys", subject, ok)
+    return Finding(
+        "warning",
+        "foreign-keys",
+        subject,
+        f"{unchecked[0].name} is NOT VALID: rows from before it was added were never checked (an "
+        "interrupted repair, or one made by hand); `partitiond repair --apply` validates it without "
+        "blocking inserts",
+    )
 
 
 # --- the I/O half -------------------------------------------------------------------------------------

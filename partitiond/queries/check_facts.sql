@@ -9,6 +9,7 @@
 --   seed_constraint  a leftover oid_check / seq_id_check: relation = its table, detail = its definition
 --   foreign_key      a TOP-LEVEL foreign key into gateway_envelopes_meta from gateway_envelopes_blob or
 --                    blockchain_messages: relation = referencing table, detail = ON DELETE action (c = cascade)
+--   foreign_key_not_valid  such a key that is still NOT VALID (rows from before it were never checked)
 --   table            blockchain_messages exists
 WITH RECURSIVE refs AS (
     SELECT to_regclass(format('%%I.%%I', %(schema)s::text, 'gateway_envelopes_meta')) AS meta,
@@ -59,5 +60,11 @@ FROM refs
 JOIN pg_catalog.pg_constraint AS k ON k.confrelid = refs.meta AND k.contype = 'f' AND k.conparentid = 0
 JOIN pg_catalog.pg_class AS c ON c.oid = k.conrelid
 WHERE k.conrelid IN (refs.blob, refs.messages)
+UNION ALL
+SELECT 'foreign_key_not_valid', c.relname::text, k.conname::text, NULL
+FROM refs
+JOIN pg_catalog.pg_constraint AS k ON k.confrelid = refs.meta AND k.contype = 'f' AND k.conparentid = 0
+JOIN pg_catalog.pg_class AS c ON c.oid = k.conrelid
+WHERE k.conrelid IN (refs.blob, refs.messages) AND NOT k.convalidated
 UNION ALL
 SELECT 'table', 'blockchain_messages', NULL, NULL FROM refs WHERE refs.messages IS NOT NULL
