@@ -33,7 +33,7 @@ import psycopg
 from psycopg import sql
 
 from bench.hotpath import positive_float, positive_int
-from partitiond import repair, sqlfiles
+from partitiond import repair, repair_plan, sqlfiles
 from partitiond.cluster import LocalCluster, throwaway_cluster
 from partitiond.config import Settings
 from partitiond.xmtpd_writer import LazyWriter
@@ -41,7 +41,7 @@ from partitiond.xmtpd_writer import LazyWriter
 Conn = psycopg.Connection[Any]
 Calls = list[tuple[float, float]]  # (wall start, latency) per insert
 TEMPLATE = "repair_template"
-PATHS: tuple[tuple[str, repair.Path | None], ...] = (
+PATHS: tuple[tuple[str, repair_plan.Path | None], ...] = (
     ("partitiond repair", None),
     ("blocking ADD", "blocking"),
 )
@@ -160,7 +160,7 @@ def longest(calls: Calls, start: float, end: float) -> tuple[float, int]:
     return max(overlapping, default=0.0), len(overlapping)
 
 
-def measure(cluster: LocalCluster, options: Options, name: str, path: repair.Path | None) -> Result:
+def measure(cluster: LocalCluster, options: Options, name: str, path: repair_plan.Path | None) -> Result:
     dsn = copy_of_template(cluster, f"repair_{len(name)}_{path or 'best'}".replace("-", "_"))
     mp = multiprocessing.get_context("spawn")
     stop, out = mp.Event(), mp.Queue()

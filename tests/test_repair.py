@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from partitiond import repair
+from partitiond import repair, repair_plan
 from partitiond.cli import main
 from partitiond.cluster import LocalCluster
 from partitiond.config import Settings
@@ -116,8 +116,8 @@ def top_keys(conn: Conn) -> list[tuple[str, str, str, bool]]:
 
 
 XMTPD_KEYS = [
-    ("blockchain_messages", repair.MESSAGES_KEY, "a", True),
-    ("gateway_envelopes_blob", repair.BLOB_KEY, "c", True),
+    ("blockchain_messages", repair_plan.MESSAGES_KEY, "a", True),
+    ("gateway_envelopes_blob", repair_plan.BLOB_KEY, "c", True),
 ]
 
 
@@ -139,8 +139,10 @@ def test_the_pruned_keys_come_back_exactly_as_xmtpd_declares_them(
     dry = cli("repair", "--dsn", db_dsn)
     assert dry.returncode == 0, dry.stderr
     assert "dry run, nothing sent" in dry.stdout
-    assert f'ALTER TABLE "public"."gateway_envelopes_blob" ADD CONSTRAINT "{repair.BLOB_KEY}"' in dry.stdout
-    assert f'"blockchain_messages" ADD CONSTRAINT "{repair.MESSAGES_KEY}"' in dry.stdout
+    assert (
+        f'ALTER TABLE "public"."gateway_envelopes_blob" ADD CONSTRAINT "{repair_plan.BLOB_KEY}"' in dry.stdout
+    )
+    assert f'"blockchain_messages" ADD CONSTRAINT "{repair_plan.MESSAGES_KEY}"' in dry.stdout
     assert "blocks: " in dry.stdout
     assert catalog(pruned) == before
 
@@ -184,9 +186,9 @@ def test_a_key_left_not_valid_is_a_warning_until_repair_validates_it(conn: Conn,
     one made by hand) is not ok: old rows were never checked.  blockchain_messages is a plain table, so
     this state exists on every major."""
     lay_out(conn)
-    conn.execute(f"ALTER TABLE blockchain_messages DROP CONSTRAINT {repair.MESSAGES_KEY}")
+    conn.execute(f"ALTER TABLE blockchain_messages DROP CONSTRAINT {repair_plan.MESSAGES_KEY}")
     conn.execute(
-        f"ALTER TABLE blockchain_messages ADD CONSTRAINT {repair.MESSAGES_KEY}"
+        f"ALTER TABLE blockchain_messages ADD CONSTRAINT {repair_plan.MESSAGES_KEY}"
         " FOREIGN KEY (originator_node_id, originator_sequence_id)"
         " REFERENCES gateway_envelopes_meta (originator_node_id, originator_sequence_id) NOT VALID"
     )
@@ -199,14 +201,14 @@ def test_a_key_left_not_valid_is_a_warning_until_repair_validates_it(conn: Conn,
     assert finding["severity"] == "warning" and "NOT VALID" in finding["message"]
     assert cli("repair", "--dsn", db_dsn, "--apply").returncode == 0
     assert check_foreign_keys(db_dsn) == ["ok", "ok"]
-    assert ("blockchain_messages", repair.MESSAGES_KEY, "a", True) in top_keys(conn)
+    assert ("blockchain_messages", repair_plan.MESSAGES_KEY, "a", True) in top_keys(conn)
 
 
 def interrupt(dsn: str) -> list[str]:
     """What an interrupted --apply leaves: every ADD … NOT VALID step done, nothing validated or attached."""
     settings = Settings(dsn=dsn, metrics_address="")
     with psycopg.connect(dsn, autocommit=True) as conn:
-        the_plan = repair.plan(repair.read_state(conn, "public"))
+        the_plan = repair_plan.plan(repair.read_state(conn, "public"))
         first = [s for s in the_plan.steps if s.statement.as_string().endswith("NOT VALID")]
         outcomes = repair.apply(repair.Runner(conn, settings), first, RetryBudget(1))
     assert {o.status for o in outcomes} == {"done"}
@@ -218,7 +220,7 @@ def test_a_rerun_completes_what_an_interrupted_repair_left(pruned: Conn, twin: C
     leftovers = pruned.execute(
         "SELECT conrelid::regclass::text FROM pg_constraint WHERE contype = 'f' AND NOT convalidated"
         " AND conname IN (%s, %s) AND confrelid = 'gateway_envelopes_meta'::regclass ORDER BY 1",
-        [repair.BLOB_KEY, repair.MESSAGES_KEY],
+        [repair_plan.BLOB_KEY, repair_plan.MESSAGES_KEY],
     ).fetchall()
     leaves = 3 + 1  # originator 100's two bands left and 200's one, and blockchain_messages
     if server_major(pruned) >= 18:
@@ -253,7 +255,7 @@ def test_validating_a_leaf_lets_envelope_inserts_through(pruned: Conn, db_dsn: s
     and an insert into the same originator's band goes through."""
     settings = Settings(dsn=db_dsn, metrics_address="")
     with psycopg.connect(db_dsn, autocommit=True) as runner:
-        steps = repair.plan(repair.read_state(runner, "public")).steps
+        steps = repair_plan.plan(repair.read_state(runner, "public")).steps
         at = next(
             i
             for i, s in enumerate(steps)
@@ -292,7 +294,7 @@ def test_the_blocking_path_is_refused_without_consent(
     """Before 18, a tree past the per-leaf limit leaves only the plain ADD FOREIGN KEY, which makes inserts
     wait for the whole check: --apply refuses it (exit 2, nothing changed) and --allow-blocking runs it.
     18 never needs it."""
-    monkeypatch.setattr(repair, "LEAF_PAIR_LIMIT", 0)
+    monkeypatch.setattr(repair_plan, "LEAF_PAIR_LIMIT", 0)
     before = catalog(pruned)
     refused = CliRunner().invoke(main, ["repair", "--dsn", db_dsn, "--apply", "--format", "json"])
     report = json.loads(refused.stdout)
