@@ -18,7 +18,6 @@ DECLARE
     v_meta CONSTANT oid := pg_catalog.format('%I.%I', pg_catalog.current_schema(), 'gateway_envelopes_meta')::regclass::oid;
     v_l1   record;
     v_leaf record;
-    v_top  bigint;
 BEGIN
     FOR v_l1 IN
         SELECT s.originator, s.rel
@@ -31,14 +30,13 @@ BEGIN
         WHERE s.originator IS NOT NULL  -- a DEFAULT or multi-value partition is not an originator's L1
         ORDER BY s.originator
     LOOP
-        v_top := (SELECT pg_catalog.max(l2.band_start) FROM partitiond_l2_children(v_l1.rel) AS l2);
+        -- One pass over the L1's bounds (each pass deparses every bound): the bands and the highest start.
         FOR v_leaf IN
-            SELECT l2.child, l2.band_start, l2.band_end
+            SELECT l2.child, l2.band_start, l2.band_end, pg_catalog.max(l2.band_start) OVER () AS top
             FROM partitiond_l2_children(v_l1.rel) AS l2
-            WHERE l2.band_start < v_top
             ORDER BY l2.band_start
         LOOP
-            IF NOT partitiond_has_rows(v_leaf.child) THEN
+            IF v_leaf.band_start < v_leaf.top AND NOT partitiond_has_rows(v_leaf.child) THEN
                 originator_node_id := v_l1.originator;
                 band_start := v_leaf.band_start;
                 band_end := v_leaf.band_end;
