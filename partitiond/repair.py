@@ -77,7 +77,9 @@ ORDER BY t.kind, t.level, c.relname
 
 
 def read_state(conn: Conn, schema: str) -> State:
-    """check's own facts (which top-level keys exist) and the progress of a repair, in one snapshot."""
+    """check's own facts (which top-level keys exist) and the progress of a repair: three reads, each
+    its own snapshot; a repair step that finds the catalog changed meanwhile fails alone and a re-run
+    reads again."""
     server = catalog.server_state(conn, schema)
     facts = [CatalogFact(*row) for row in conn.execute(catalog.query("check_facts"), {"schema": schema})]
     params = {
