@@ -14,12 +14,15 @@ creators taking turns band by band so that machine noise and the slowly growing 
 Reader modes, while one xmtpd-protocol writer process inserts all the time:
 
 * ``none``: no reader;
-* ``serving``: reader processes in a loop, like a serving node: blob reads by key and topic queries joining
-  meta and blob, one originator each, every originator in turn, a short pause between queries;
+* ``serving``: reader processes in a loop, like a serving node: blob reads by key and xmtpd's own page of
+  one originator's envelopes after a cursor (``SelectGatewayEnvelopesBySingleOriginator``, joining meta and
+  blob), near the newest band, every originator in turn, 50 ms apart (each reader keeps about half a core
+  busy: the query is planned over every blob band of the originator);
 * ``quiet``: not even the writer: the hold alone, as on an idle machine (not in the default modes);
 * ``long reader``: one transaction that read ``gateway_envelopes_blob`` and stays open.  partitiond's
   cheap blob step (PARTITION OF) needs the blob L1 to itself; with runway left it defers the band rather
-  than validating the blob foreign key under key 5.  xmtpd's v3 cold path re-attaches the L1, which
+  than validating the blob foreign key under key 5 (serving readers, one query at a time, are waited out
+  instead, before key 5).  xmtpd's v3 cold path re-attaches the L1, which
   waits for the reader while holding key 5, until xmtpd's statement timeout (here ``XMTPD_TIMEOUT``).
 
 Reported per size, mode and creator: the key-5 hold (median, p90, max; partitiond's from its executor,
@@ -28,7 +31,7 @@ longest read that overlapped the creator's bands (end to end, so a creator's who
 a second after it: each writer re-plans its cached statements over the changed tree on its next insert),
 and the median hold's ratio to xmtpd's cold path, measured side by side.
 
-    python bench/hold.py [--originators 4] [--sizes 160,640,2000] [--samples 10] [--readers 4]
+    python bench/hold.py [--originators 4] [--sizes 160,640,2000] [--samples 10] [--readers 2]
                          [--modes none,serving,long reader]
 """
 
@@ -62,7 +65,7 @@ KEY = 5
 WIDTH = 1000
 MODES = ("none", "serving", "long reader", "quiet")
 IDLE_WINDOW = 0.05  # seconds: about one creation
-READER_PAUSE = 0.02  # between a reader's queries: busy, not saturating two cores
+READER_PAUSE = 0.05  # between a reader's queries: each reader keeps about half a core busy
 # After a creation every writer backend re-plans its cached statements over the changed partition tree on
 # its next insert; that stall belongs to the creation, so each window is followed by this pause and extended
 # by it.
@@ -73,10 +76,16 @@ XMTPD_TIMEOUT = "2s"
 SETTINGS = Settings(metrics_address="", band_width=WIDTH, lock_attempts=1, retry_budget=0)
 BLOB_READ = """SELECT originator_envelope FROM gateway_envelopes_blob
 WHERE originator_node_id = %s AND originator_sequence_id = %s"""
-TOPIC_QUERY = """SELECT m.originator_node_id, m.originator_sequence_id, b.originator_envelope
+# xmtpd's SelectGatewayEnvelopesBySingleOriginator: a subscriber's page of envelopes after its cursor.
+CURSOR_QUERY = """SELECT m.originator_node_id, m.originator_sequence_id, m.gateway_time, m.topic,
+       b.originator_envelope
 FROM gateway_envelopes_meta AS m
-JOIN gateway_envelopes_blob AS b USING (originator_node_id, originator_sequence_id)
-WHERE m.originator_node_id = %s AND m.topic = %s ORDER BY m.gateway_time DESC LIMIT 20"""
+JOIN gateway_envelopes_blob AS b
+  ON b.originator_node_id = m.originator_node_id
+ AND b.originator_sequence_id = m.originator_sequence_id
+ AND b.originator_node_id = %(oid)s::int
+WHERE m.originator_node_id = %(oid)s::int AND m.originator_sequence_id > %(cursor)s::bigint
+ORDER BY m.originator_sequence_id LIMIT 20"""
 
 
 @dataclass
@@ -151,22 +160,32 @@ CREATORS = (
 # --- load: one writer, readers ------------------------------------------------------------------------
 
 
-def load_process(dsn: str, kind: str, originators: int, stop: EventType, out: QueueType[Calls]) -> None:
+def load_process(
+    dsn: str, kind: str, originators: int, tip: int, stop: EventType, out: QueueType[Calls]
+) -> None:
     """``writer``: xmtpd-protocol inserts, again and again into band 0 of originator 1 (ON CONFLICT DO
     NOTHING keeps the table small; the locks are those of any insert).  ``reader``: alternately a blob
-    read by key and a topic query across all originators.  Sends back (wall start, latency) per call."""
+    read by key and xmtpd's single-originator page after a cursor, both near ``tip`` (the start of the
+    highest band filled), one originator after the other.  Sends back (wall start, latency) per call.
+
+    Readers plan every query (``prepare_threshold=None``): with server-side prepared statements, each
+    reader's cached generic plan covers the whole tree and is rebuilt after *every* partition change,
+    whoever makes it (17.5 s for the cursor query at 2,000 meta partitions on the 2-core machine), which
+    would hide what a creator itself does to readers."""
     done: list[tuple[float, float]] = []
     with psycopg.connect(dsn, autocommit=True, application_name=f"hold-{kind}") as conn:
+        conn.prepare_threshold = None if kind == "reader" else conn.prepare_threshold
         writer = LazyWriter(conn, band_width=WIDTH)
         i = 0
         while not stop.is_set():
             began, t = time.time(), time.perf_counter()
+            oid = i // 2 % originators + 1
             if kind == "writer":
                 writer.insert(1, i % WIDTH)
             elif i % 2:
-                conn.execute(BLOB_READ, [i % originators + 1, i % WIDTH]).fetchall()
+                conn.execute(BLOB_READ, [oid, tip + i % WIDTH]).fetchall()
             else:
-                conn.execute(TOPIC_QUERY, [i % originators + 1, b"topic-%d" % (i % 16)]).fetchall()
+                conn.execute(CURSOR_QUERY, {"oid": oid, "cursor": tip}).fetchall()
             done.append((began, time.perf_counter() - t))
             i += 1
             stop.wait(0.01 if kind == "writer" else READER_PAUSE)  # paced: 100 inserts/s, a serving reader
@@ -189,12 +208,12 @@ class Load:
         return writes, [call for kind, calls in results if kind == "reader" for call in calls]
 
 
-def start_load(dsn: str, readers: int, originators: int, writer: bool = True) -> Load:
+def start_load(dsn: str, readers: int, originators: int, tip: int = 0, writer: bool = True) -> Load:
     mp = multiprocessing.get_context("spawn")
     load = Load(mp.Event(), mp.Queue())
     for kind in ["writer"] * writer + ["reader"] * readers:
         proc = mp.Process(
-            target=load_process, args=(dsn, kind, originators, load.stop, load.out), daemon=True
+            target=load_process, args=(dsn, kind, originators, tip, load.stop, load.out), daemon=True
         )
         proc.start()
         load.procs.append(proc)
@@ -267,7 +286,8 @@ def measure_mode(
     dsn: str, mode: str, originators: int, samples: int, readers: int, next_band: dict[int, int]
 ) -> dict[str, Cell]:
     cells = {c.name: Cell() for c in CREATORS}
-    load = start_load(dsn, readers if mode == "serving" else 0, originators, writer=mode != "quiet")
+    tip = (min(next_band.values()) - 1) * WIDTH
+    load = start_load(dsn, readers if mode == "serving" else 0, originators, tip, writer=mode != "quiet")
     try:
         with psycopg.connect(dsn, autocommit=True) as conn, long_reader(dsn, mode == "long reader"):
             time.sleep(1.0)  # let the load processes connect and settle: load generation, not synchronisation
@@ -350,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--originators", type=int, default=4, choices=range(1, 101), metavar="1..100")
     parser.add_argument("--sizes", type=csv_ints, default=[160, 640, 2000], help="meta partitions, per size")
     parser.add_argument("--samples", type=int, default=10, choices=range(1, 1001), metavar="1..1000")
-    parser.add_argument("--readers", type=int, default=4, choices=range(0, 65), metavar="0..64")
+    parser.add_argument("--readers", type=int, default=2, choices=range(0, 65), metavar="0..64")
     parser.add_argument("--modes", type=modes, default=list(MODES[:3]), help=f"of {', '.join(MODES)}")
     args = parser.parse_args(argv)
     print(

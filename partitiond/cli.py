@@ -181,6 +181,14 @@ OPTIONS: tuple[Opt, ...] = (
         "DURATION",
     ),
     Opt(
+        ("--blob-lock-wait",),
+        "blob_lock_wait",
+        "How long one attempt at a band waits, before taking key 5, for a moment when no query reads the "
+        "originator's blob L1 (the blob step needs it to itself); then the band is deferred, or attached "
+        f"the slow way when runway is short. [default: {format_duration(D.blob_lock_wait)}]",
+        "DURATION",
+    ),
+    Opt(
         ("--slow-path-runway",),
         "slow_path_runway",
         "While a reader keeps a blob L1 busy, a band is deferred unless its originator has less runway "
@@ -290,8 +298,15 @@ COMMAND_SETTINGS: dict[str, tuple[str, ...]] = {
     "status": CONNECTION + BANDS + LEASE + LOGGING,
     "check": CONNECTION + BANDS + ("fill_threshold", "runway_warning") + LEASE + LOGGING,
     "plan": CONNECTION + BANDS + PLANNING + LOGGING,
-    "run-once": CONNECTION + BANDS + PLANNING + CREATING + LEASE + ("metrics_textfile",) + LOGGING,
-    "run": CONNECTION + BANDS + PLANNING + CREATING + LEASE + DAEMON + LOGGING,
+    "run-once": CONNECTION
+    + BANDS
+    + PLANNING
+    + CREATING
+    + ("blob_lock_wait",)
+    + LEASE
+    + ("metrics_textfile",)
+    + LOGGING,
+    "run": CONNECTION + BANDS + PLANNING + CREATING + ("blob_lock_wait",) + LEASE + DAEMON + LOGGING,
     # --originator narrows a prune to those originators; the drops hold key 5 as band creation does.
     "prune": (*CONNECTION, "originators", *CREATING, *LOGGING),
     # repair's DDL: the hold budget bounds each wait for a lock inserts need, --lock-timeout a validation's.

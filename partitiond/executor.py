@@ -11,8 +11,8 @@ as holding.  One band, in order:
 2. ``partitiond_preflight``: if a session holds a lock the band's DDL would wait for (VACUUM or ANALYZE on a
    meta partition, an open transaction that wrote to ``payers``, the pruner's DROP), the band is deferred
    *before* key 5, so inserts are not stalled for the budget just to find out.  While the originator has
-   runway, a reader of its blob L1 seen twice counts too (reason ``blob_read``): the fast blob step would
-   wait for it under key 5.
+   runway, a reader of its blob L1 that sits idle in its transaction counts too (reason ``blob_read``):
+   it may keep the L1 for minutes, and the fast blob step needs the L1 to itself.
 3. ``partitiond_stage_table`` (meta, then blob), each an autocommit statement under ``lock_timeout``: the
    band's two tables are created unattached under private names and committed.  The one lock each takes on
    an xmtpd table (ACCESS SHARE on the L1, for LIKE) is its first, so it waits holding nothing, and it is
@@ -21,22 +21,30 @@ as holding.  One band, in order:
 4. ``partitiond_warm``: this backend's catalog caches are loaded for the band (every meta partition's
    entries, both L1s' partition descriptors), so a cold backend (``run-once``, a new connection) does not
    read them while holding key 5.  Bounded by the hold budget, optional.
-5. The band transaction: ``lock_timeout`` = hold budget, ``statement_timeout`` = hold timeout and
+5. ``partitiond_blob_l1_free``, again and again a few milliseconds apart for at most ``blob_lock_wait``:
+   waits, holding nothing, for an instant when no query reads the originator's blob L1.  The fast blob step
+   (``PARTITION OF``) needs that L1 to itself; a serving node reads it all the time, each query for some
+   milliseconds, and waiting for them under key 5 would stall every insert, while queueing for the L1
+   would stall every new reader behind partitiond's request.
+6. The band transaction: ``lock_timeout`` = hold budget, ``statement_timeout`` = hold timeout and
    ``idle_in_transaction_session_timeout``, all ``SET LOCAL``; key 5 in a gap between inserts
    (``pg_try_advisory_xact_lock``, a few jittered tries) or queued for at most the budget; then one
-   statement, ``partitiond_attach_staged`` (meta ATTACH, blob ``PARTITION OF`` after a budget-bounded
-   ACCESS EXCLUSIVE on the blob L1), or ``ensure_gateway_parts_v4`` when staging did not apply (a new
-   originator, a half-built band, a table in the way); ``COMMIT``.
-6. ``partitiond_unstage``, after COMMIT: whatever is still staged is dropped — the staged blob table the
+   statement, ``partitiond_attach_staged`` (ACCESS EXCLUSIVE on the blob L1 without waiting, meta ATTACH,
+   blob ``PARTITION OF``), or ``ensure_gateway_parts_v4`` when staging did not apply (a new originator, a
+   half-built band, a table in the way); ``COMMIT``.  A query that took the blob L1 between step 5 and key 5
+   refuses the statement at once (PD001): the transaction rolls back and step 5 goes on.  When the wait ends
+   with no success the band is deferred (``blob_read``) while the originator has runway, else the staged
+   blob table is ATTACHed (the slow path: the blob foreign key validated under key 5).
+7. ``partitiond_unstage``, after COMMIT: whatever is still staged is dropped — the staged blob table the
    fast path's ``PARTITION OF`` replaced (dropping it under key 5 cost the hold ~0.5 ms and an unlink at
    COMMIT), or what an unsuccessful attempt staged.
 
-A lock not free within the budget (before or under key 5), the hold timeout, or a blob L1 being read while
-the originator still has runway make the attempt a *deferral*: the transaction rolls back at once
-(releasing key 5), the reason is counted, and the band is retried after jittered exponential backoff,
-bounded per band (``lock_attempts``) and per run (``retry_budget``); what is still deferred then waits for
-the next pass.  Deadlocks and serialisation failures are retried the same way.  Any other error fails that
-band only: the caller moves on to the next one.
+A lock not free within the budget (before or under key 5), the hold timeout, or a blob L1 still in use at
+the end of the wait while the originator has runway make the attempt a *deferral*: the transaction rolls
+back at once (releasing key 5), the reason is counted, and the band is retried after jittered exponential
+backoff, bounded per band (``lock_attempts``) and per run (``retry_budget``); what is still deferred then
+waits for the next pass.  Deadlocks and serialisation failures are retried the same way.  Any other error
+fails that band only: the caller moves on to the next one.
 """
 
 from __future__ import annotations
@@ -63,6 +71,7 @@ BACKOFF_BASE = 0.02
 BACKOFF_CAP = 2.0
 TRY_LOCK_TRIES = 20
 TRY_LOCK_GAP = (0.001, 0.005)  # seconds between non-queueing tries: inserts take a few ms each
+BLOB_PROBE_GAP = (0.002, 0.006)  # seconds between looks at the blob L1: a serving read takes some ms
 # Why a band was deferred (a metrics label): where the refused wait was.
 DEFERRAL_REASONS = ("lock_busy", "stage_busy", "key5_busy", "held_lock", "blob_read", "hold_timeout")
 # Key 5's exclusive side: first without queueing (in a gap between inserts), then queued.
@@ -78,6 +87,7 @@ CALLS = {
     "stage": "SELECT {s}.partitiond_stage_table("
     "%(oid)s::integer, %(start)s::bigint, %(end)s::bigint, %(blob)s::boolean)",
     "warm": "SELECT {s}.partitiond_warm(%(oid)s::integer, %(budget_ms)s::integer)",
+    "blob_free": "SELECT {s}.partitiond_blob_l1_free(%(oid)s::integer)",
     "attach": "SELECT {s}.partitiond_attach_staged("
     "%(oid)s::integer, %(start)s::bigint, %(end)s::bigint, %(allow_slow)s::boolean)",
     "unstage": "SELECT {s}.partitiond_unstage(%(oid)s::integer, %(start)s::bigint)",
@@ -189,7 +199,7 @@ def band_params(planned: PlannedBand) -> dict[str, int]:
 def may_go_slow(planned: PlannedBand, settings: Settings) -> bool:
     """The slow path (ATTACH validating the blob foreign key under key 5) only when time is short:
     the band holds the current position (inserts need it now) or the originator's runway is below
-    ``slow_path_runway``.  Otherwise waiting for the reader to finish costs nothing."""
+    ``slow_path_runway``.  Otherwise deferring until the readers are gone costs nothing."""
     if planned.kind == "repair":
         return True
     return planned.runway is not None and planned.runway < settings.slow_path_runway
@@ -311,9 +321,17 @@ def band_steps(planned: PlannedBand, settings: Settings, plain: tuple[bool, bool
         steps.append(Step(note, c["stage"], {**band, "blob": True}))
     if staged:
         steps.append(Step("warm this backend's caches", c["warm"], _warm_params(planned, settings)))
+        steps.append(
+            Step(
+                "until no query reads the blob L1 (every few ms, for at most "
+                f"{_pg_interval(settings.blob_lock_wait)})",
+                c["blob_free"],
+                {"oid": planned.originator},
+            )
+        )
     steps += hold_steps(settings)
     if staged:
-        attach = {**band, "allow_slow": may_go_slow(planned, settings)}
+        attach = {**band, "allow_slow": False}
         steps.append(Step("under key 5: attach the staged tables", c["attach"], attach))
     else:
         ensure = {**band, "width": settings.band_width}
@@ -403,21 +421,47 @@ class Executor:
         staged = self._stage(band)
         if staged:
             self._scalar(self._calls["warm"], _warm_params(planned, self.settings))
-        done, hold = self._timed(planned, band, staged, holds)
+            done, hold = self._attach_when_blob_free(planned, band, holds)
+        else:
+            done, hold = self._timed(band, None, holds)
         if staged and done.existed and not self._scalar(self._calls["band_exists"], band):
             # A creator took a name of the band meanwhile but did not finish it: the full ensure does.
-            done, hold = self._timed(planned, band, False, holds)
+            done, hold = self._timed(band, None, holds)
         if done.steps:
             done.steps["commit"] = max(0.0, hold - sum(done.steps.values()))
         return done
 
-    def _timed(
-        self, planned: PlannedBand, band: dict[str, int], staged: bool, holds: list[float]
+    def _attach_when_blob_free(
+        self, planned: PlannedBand, band: dict[str, int], holds: list[float]
     ) -> tuple[_Done, float]:
-        """The band's transaction; appends its key-5 hold to ``holds`` (also when it fails under key 5) and
-        turns a refusal into :class:`Deferred`."""
+        """The staged band's transaction, started the moment the originator's blob L1 is seen free, for
+        at most ``blob_lock_wait``; a query that takes the L1 before key 5 is granted refuses the attempt
+        at once (PD001), and the wait goes on.  Then the slow path when time is short, else a deferral."""
+        oid = {"oid": planned.originator}
+        deadline = time.perf_counter() + self.settings.blob_lock_wait
+        while True:
+            if self._scalar(self._calls["blob_free"], oid):
+                try:
+                    return self._timed(band, False, holds)
+                except Deferred as exc:
+                    if exc.reason != "blob_read":
+                        raise
+            if time.perf_counter() >= deadline:
+                break
+            self.sleep(self.rng.uniform(*BLOB_PROBE_GAP))
+        if may_go_slow(planned, self.settings):
+            return self._timed(band, True, holds)
+        wait = _pg_interval(self.settings.blob_lock_wait)
+        raise Deferred("blob_read", f"originator {planned.originator}'s blob partition was in use for {wait}")
+
+    def _timed(
+        self, band: dict[str, int], allow_slow: bool | None, holds: list[float]
+    ) -> tuple[_Done, float]:
+        """The band's transaction (``allow_slow`` None: the full ensure, else the attach of the staged
+        tables); appends its key-5 hold to ``holds`` (also when it fails under key 5) and turns a refusal
+        into :class:`Deferred`."""
         try:
-            done = self._band_transaction(planned, band, staged)
+            done = self._band_transaction(band, allow_slow)
         except psycopg.Error as exc:
             if self._granted is not None:
                 holds.append(time.perf_counter() - self._granted)
@@ -429,7 +473,7 @@ class Executor:
         holds.append(time.perf_counter() - self._granted)
         return done, holds[-1]
 
-    def _band_transaction(self, planned: PlannedBand, band: dict[str, int], staged: bool) -> _Done:
+    def _band_transaction(self, band: dict[str, int], allow_slow: bool | None) -> _Done:
         """BEGIN, the hold settings, key 5, the held statement, COMMIT (ROLLBACK when the band existed).
         ``_granted`` records when key 5 was granted (None until then), for the caller's hold figures."""
         s = self.settings
@@ -439,7 +483,7 @@ class Executor:
             take_protocol_lock(self.conn, s, self.sleep, self.rng)
             self._granted = time.perf_counter()
             faults.inject("holding-key5")
-            done = self._held(planned, band, staged)
+            done = self._held(band, allow_slow)
             if done.existed:
                 raise psycopg.Rollback(tx)
         return done
@@ -454,16 +498,14 @@ class Executor:
         except errors.LockNotAvailable as exc:
             raise Deferred("stage_busy", error_line(exc)) from None
 
-    def _held(self, planned: PlannedBand, band: dict[str, int], staged: bool) -> _Done:
+    def _held(self, band: dict[str, int], allow_slow: bool | None) -> _Done:
         """The one statement run while key 5 is held."""
-        if not staged:
+        if allow_slow is None:
             started = time.perf_counter()
             if not self._scalar(self._calls["ensure"], {**band, "width": self.settings.band_width}):
                 return _Done(existed=True)
             return _Done(existed=False, path="ensure", steps={"ensure": time.perf_counter() - started})
-        result = self._scalar(
-            self._calls["attach"], {**band, "allow_slow": may_go_slow(planned, self.settings)}
-        )
+        result = self._scalar(self._calls["attach"], {**band, "allow_slow": allow_slow})
         if result["status"] == "existed":  # taken meanwhile: whole, or half-built (see _attempt)
             return _Done(existed=True)
         return _Done(existed=False, path=result["path"], steps={k: v / 1000 for k, v in result["ms"].items()})

@@ -140,7 +140,7 @@ class Metrics:
         )
         self.lock_wait = Histogram(
             "lock_wait_seconds",
-            "Time spent waiting for the protocol lock plus the ensure under lock_timeout.",
+            "Time a band's attempts took, waits included: for the blob L1 to be free, for key 5, for locks.",
             namespace=ns,
             registry=reg,
             buckets=LOCK_WAIT_BUCKETS,

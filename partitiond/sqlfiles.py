@@ -21,19 +21,21 @@ from psycopg import sql
 # Bump whenever anything under sql/functions/ changes.  The marker (a comment on the ensure) is for people;
 # whether the installed functions are partitiond's current ones is decided by a digest of their bodies
 # (family_digest), which a CREATE OR REPLACE by anyone else changes while the comment survives.
-SQL_VERSION = 7
+SQL_VERSION = 8
 VERSION_MARKER = f"partitiond sql-version {SQL_VERSION}"
 ENSURE_SIGNATURE = "ensure_gateway_parts_v4(integer, bigint, bigint)"
 # What the runtime role calls: the executor's ensure (never ensure_gateway_parts_v4, which others may
 # replace), its lock-free existence check, its pre-flight look at who holds the locks a band needs, its
-# staged creation path (stage, warm, attach under key 5, clean up), check's look at the schema's ACL, and
-# `partitiond prune`'s two: the bands xmtpd's pruner would drop, and the safe drop of an empty band.
+# staged creation path (stage, warm, wait out the blob L1's readers, attach under key 5, clean up),
+# check's look at the schema's ACL, and `partitiond prune`'s two: the bands xmtpd's pruner would drop,
+# and the safe drop of an empty band.
 EXECUTOR_SIGNATURES = (
     "partitiond_ensure(integer, bigint, bigint)",
     "partitiond_band_exists(integer, bigint, bigint)",
     "partitiond_preflight(integer, bigint, boolean)",
     "partitiond_stage_table(integer, bigint, bigint, boolean)",
     "partitiond_warm(integer, integer)",
+    "partitiond_blob_l1_free(integer)",
     "partitiond_attach_staged(integer, bigint, bigint, boolean)",
     "partitiond_unstage(integer, bigint)",
     "partitiond_untrusted_creators()",

@@ -7,6 +7,7 @@ band that is already there, must create the band's tables before it queues for t
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import psycopg
@@ -34,6 +35,7 @@ def ensure(
     notices: list[str] | None = None,
     hold_budget: float = 0.05,
     runway: float | None = None,
+    blob_lock_wait: float = 0.5,
 ) -> Outcome:
     """One band, one attempt, through a new executor; with ``notices``, collect the server's DEBUG1
     messages too.  ``runway`` below the default slow-path runway allows the slow path."""
@@ -44,6 +46,7 @@ def ensure(
         lock_attempts=1,
         hold_budget=hold_budget,
         hold_timeout=max(0.5, 2 * hold_budget),
+        blob_lock_wait=blob_lock_wait,
     )
     with psycopg.connect(dsn, autocommit=True) as conn:
         if notices is not None:
@@ -325,31 +328,108 @@ def test_a_lock_holder_defers_the_band_before_key_5(conn: Conn, db_dsn: str, hol
     assert leftovers(conn) == []
 
 
-@pytest.mark.parametrize(
-    ("holder_sql", "reason"),
-    [
-        ("LOCK TABLE gateway_envelopes_meta_o100_s0_1000000 IN SHARE UPDATE EXCLUSIVE MODE", "held_lock"),
-        ("SELECT count(*) FROM gateway_envelopes_blob_o100", "blob_read"),
-    ],
-    ids=["vacuum", "blob reader"],
-)
-def test_a_lock_taken_after_the_pre_flight_is_waited_for_at_most_the_budget(
-    conn: Conn, db_dsn: str, holder_sql: str, reason: str
-) -> None:
-    """The pre-flight is only a hint: VACUUM or a reader may start right after it.  Under key 5 every lock
-    wait is bounded by the hold budget, then the band is rolled back (key 5 released) and deferred."""
-    ensure_band(conn, OID, 0)
-    conn.execute("ALTER FUNCTION partitiond_preflight(integer, bigint, boolean) RENAME TO preflight_off")
+def blind(conn: Conn, function: str, signature: str, returns: str, answer: str) -> None:
+    """Replace one of partitiond's looks before key 5 by one that always gives ``answer``: what the
+    executor meets when the world changes right after it looked."""
+    conn.execute(f"ALTER FUNCTION {function}({signature}) RENAME TO {function}_off")
     conn.execute(
-        "CREATE FUNCTION partitiond_preflight(integer, bigint, boolean) RETURNS text"
-        " LANGUAGE sql AS 'SELECT NULL'"
+        f"CREATE FUNCTION {function}({signature}) RETURNS {returns} LANGUAGE sql AS 'SELECT {answer}'"
     )
+
+
+def test_a_lock_taken_after_the_pre_flight_is_waited_for_at_most_the_budget(conn: Conn, db_dsn: str) -> None:
+    """The pre-flight is only a hint: VACUUM may start right after it.  Under key 5 every lock wait is
+    bounded by the hold budget, then the band is rolled back (key 5 released) and deferred."""
+    ensure_band(conn, OID, 0)
+    blind(conn, "partitiond_preflight", "integer, bigint, boolean", "text", "NULL")
     with psycopg.connect(db_dsn) as holder:
-        holder.execute(holder_sql)
+        holder.execute("LOCK TABLE gateway_envelopes_meta_o100_s0_1000000 IN SHARE UPDATE EXCLUSIVE MODE")
         outcome = ensure(db_dsn, WIDTH, hold_budget=0.05)
         holder.rollback()
-    assert (outcome.status, outcome.failure) == ("deferred", reason)
+    assert (outcome.status, outcome.failure) == ("deferred", "held_lock")
     assert len(outcome.holds) == 1 and outcome.holds[0] < 0.05 + 0.5
+    assert l2_bounds(conn, "gateway_envelopes_blob", OID) == ["FOR VALUES FROM ('0') TO ('1000000')"]
+    assert leftovers(conn) == []
+
+
+def reading_blob_l1(conn: Conn, db_dsn: str, seconds: float) -> threading.Thread:
+    """A query that holds ACCESS SHARE on the blob L1 of ``OID`` for ``seconds`` while it runs (a serving
+    node's read, stretched), started and seen in pg_locks before this returns."""
+
+    def read() -> None:
+        with (
+            psycopg.connect(db_dsn, autocommit=True) as reader,
+            contextlib.suppress(psycopg.errors.QueryCanceled),  # the test may cut it short
+        ):
+            reader.execute(f"SELECT count(*), pg_sleep({seconds}) FROM gateway_envelopes_blob_o{OID}")
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    wait_for(
+        lambda: (
+            conn.execute(
+                "SELECT 1 FROM pg_locks WHERE relation = %s::regclass AND pid <> pg_backend_pid()",
+                [f"gateway_envelopes_blob_o{OID}"],
+            ).fetchone()
+            is not None
+        ),
+        20,
+        "the reader to hold the blob L1",
+        0.01,
+    )
+    return thread
+
+
+def test_a_query_reading_the_blob_l1_is_waited_out_before_key_5(conn: Conn, db_dsn: str) -> None:
+    """A serving node reads the blob L1 all the time, a query at a time.  partitiond waits, holding
+    nothing, for the moment no query reads it, then creates the band the fast way (PARTITION OF) without
+    a deferral; the reader runs to its end undisturbed."""
+    ensure_band(conn, OID, 0)
+    reader = reading_blob_l1(conn, db_dsn, 1.0)
+    outcome = ensure(db_dsn, WIDTH, blob_lock_wait=20.0)
+    reader.join(30)
+    assert (outcome.status, outcome.path, outcome.deferrals) == ("created", "partition_of", ())
+    assert len(outcome.holds) == 1
+    assert l2_bounds(conn, "gateway_envelopes_blob", OID)[-1] == "FOR VALUES FROM ('1000000') TO ('2000000')"
+    assert leftovers(conn) == []
+
+
+def test_a_query_that_reads_the_blob_l1_for_long_defers_the_band_without_key_5(
+    conn: Conn, db_dsn: str
+) -> None:
+    """While runway remains, a read that outlasts --blob-lock-wait defers the band (blob_read) and key 5
+    is never taken: every look at the L1 found it in use."""
+    ensure_band(conn, OID, 0)
+    with psycopg.connect(db_dsn, autocommit=True) as canceller:
+        reader = reading_blob_l1(conn, db_dsn, 60.0)
+        try:
+            outcome = ensure(db_dsn, WIDTH, blob_lock_wait=0.2)
+        finally:
+            canceller.execute(
+                "SELECT pg_cancel_backend(pid) FROM pg_stat_activity"
+                " WHERE query LIKE %s AND pid <> pg_backend_pid()",
+                ["%pg_sleep(60.0)%"],
+            )
+            reader.join(30)
+    assert (outcome.status, outcome.failure, outcome.holds) == ("deferred", "blob_read", ())
+    assert l2_bounds(conn, "gateway_envelopes_blob", OID) == ["FOR VALUES FROM ('0') TO ('1000000')"]
+    assert leftovers(conn) == []
+
+
+def test_a_reader_that_slips_in_before_key_5_refuses_the_attempt_at_once(conn: Conn, db_dsn: str) -> None:
+    """A query may take the blob L1 between partitiond's last look and key 5.  Under key 5 partitiond then
+    does not queue for the L1 (every insert would wait, and every new reader behind it): the attempt is
+    refused at once and rolled back, however long the hold budget, and the band is deferred when the wait
+    ends."""
+    ensure_band(conn, OID, 0)
+    blind(conn, "partitiond_preflight", "integer, bigint, boolean", "text", "NULL")
+    blind(conn, "partitiond_blob_l1_free", "integer", "boolean", "true")
+    with psycopg.connect(db_dsn) as holder:
+        holder.execute(f"SELECT count(*) FROM gateway_envelopes_blob_o{OID}")
+        outcome = ensure(db_dsn, WIDTH, hold_budget=0.5, blob_lock_wait=0.1)
+        holder.rollback()
+    assert (outcome.status, outcome.failure) == ("deferred", "blob_read")
+    assert outcome.holds and max(outcome.holds) < 0.5
     assert l2_bounds(conn, "gateway_envelopes_blob", OID) == ["FOR VALUES FROM ('0') TO ('1000000')"]
     assert leftovers(conn) == []
 
@@ -386,3 +466,54 @@ def test_attaching_for_an_originator_without_l1s_is_refused(conn: Conn) -> None:
         conn.execute("SELECT partitiond_attach_staged(%s, %s, %s, false)", [OID, 0, WIDTH])
     assert l2_bounds(conn, "gateway_envelopes_meta", OID) == []
     assert leftovers(conn) == []
+
+
+def test_the_blob_l1_probe_answers_at_once_and_keeps_no_lock(conn: Conn, db_dsn: str) -> None:
+    """partitiond looks again and again at the blob L1 before key 5; a look must neither wait for a
+    reader nor leave a lock behind, even inside an open transaction (it is callable by the runtime
+    role)."""
+    ensure_band(conn, OID, 0)
+    probe = "SELECT partitiond_blob_l1_free(%s)"
+    with conn.transaction():
+        assert conn.execute(probe, [OID]).fetchone() == (True,)
+        held = conn.execute(
+            "SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid() AND relation = %s::regclass",
+            [f"gateway_envelopes_blob_o{OID}"],
+        ).fetchone()
+        assert held == (0,)
+    assert conn.execute(probe, [OID + 1]).fetchone() == (True,), "no L1: nothing to wait for"
+    with psycopg.connect(db_dsn) as reader:
+        reader.execute(f"SELECT count(*) FROM gateway_envelopes_blob_o{OID}")
+        conn.execute("SET lock_timeout = 0")  # NOWAIT, not a wait bounded by the session's timeout
+        conn.execute("SET statement_timeout = '20s'")
+        assert conn.execute(probe, [OID]).fetchone() == (False,)
+        reader.rollback()
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="no such originator"):
+        conn.execute(probe, [-1])
+
+
+@pytest.mark.parametrize("allow_slow", [False, True], ids=["fast only", "slow allowed"])
+def test_the_held_step_never_waits_for_a_reader_of_the_blob_l1(
+    conn: Conn, db_dsn: str, allow_slow: bool
+) -> None:
+    """Under key 5 a reader of the blob L1 refuses the fast step at once (PD001, nothing created), even
+    with no lock_timeout at all; with the slow path allowed, the staged blob table is attached instead."""
+    ensure_band(conn, OID, 0)
+    for blob in (False, True):
+        conn.execute("SELECT partitiond_stage_table(%s, %s, %s, %s)", [OID, WIDTH, 2 * WIDTH, blob])
+    attach = "SELECT partitiond_attach_staged(%s, %s, %s, %s)"
+    with psycopg.connect(db_dsn) as reader:
+        reader.execute(f"SELECT count(*) FROM gateway_envelopes_blob_o{OID}")
+        conn.execute("SET lock_timeout = 0")
+        conn.execute("SET statement_timeout = '20s'")
+        if allow_slow:
+            result = conn.execute(attach, [OID, WIDTH, 2 * WIDTH, True]).fetchone()
+            assert result is not None and (result[0]["status"], result[0]["path"]) == ("created", "attach")
+        else:
+            with pytest.raises(psycopg.Error) as refused:
+                conn.execute(attach, [OID, WIDTH, 2 * WIDTH, False])
+            assert refused.value.sqlstate == "PD001"
+        reader.rollback()
+    expected = 2 if allow_slow else 1
+    assert len(l2_bounds(conn, "gateway_envelopes_blob", OID)) == expected
+    assert len(l2_bounds(conn, "gateway_envelopes_meta", OID)) == expected

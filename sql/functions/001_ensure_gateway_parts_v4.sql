@@ -366,8 +366,10 @@ DROP FUNCTION IF EXISTS partitiond_lock_holders(integer, bigint);
 --     nothing; it commits at once, so nothing is held while partitiond later waits for key 5.
 --  2. partitiond_warm, BEFORE key 5: loads the catalog caches the held statements need into this backend
 --     (a new backend would otherwise read them while every insert waits), under the hold budget.
---  3. partitiond_attach_staged, UNDER key 5, with lock_timeout = the hold budget: rename and attach.
--- Staged tables are committed, so a crash between 1 and 3 leaves them behind: partitiond_unstage removes
+--  3. partitiond_blob_l1_free, BEFORE key 5, as often as needed for a short while: waits out the queries
+--     reading the originator's blob L1, which the blob step needs to itself.
+--  4. partitiond_attach_staged, UNDER key 5, with lock_timeout = the hold budget: rename and attach.
+-- Staged tables are committed, so a crash between 1 and 4 leaves them behind: partitiond_unstage removes
 -- them (the executor after every band, each pass at its start) and `partitiond check` reports them.
 
 -- Step 1.  True when the staged table is ready; false, having created nothing, when the band is not the
@@ -438,8 +440,10 @@ $$;
 -- band takes SHARE ROW EXCLUSIVE on payers, blockchain_messages, both top-level tables and every meta
 -- partition (foreign keys), and SHARE UPDATE EXCLUSIVE or more on the two L1s.  Not counted: ROW EXCLUSIVE
 -- held by a session that holds the shared side of key 5 (an xmtpd insert: key 5 itself excludes it).
--- Readers (ACCESS SHARE) of the blob L1 count only with p_readers: the fast blob step (PARTITION OF) needs
--- that L1 to itself, the slow one does not.  pg_locks is read once.
+-- Readers (ACCESS SHARE) of the blob L1 count only with p_readers, and only while they sit idle in their
+-- transaction: the fast blob step (PARTITION OF) needs that L1 to itself, and such a reader keeps it until
+-- its client moves on.  A reader that is running a query is waited out instead (partitiond_blob_l1_free).
+-- pg_locks is read once.
 CREATE OR REPLACE FUNCTION partitiond_lock_holders(p_oid int, p_key bigint, p_readers boolean DEFAULT false)
 RETURNS TABLE (pid int, vxid text, what text)
 LANGUAGE sql STABLE
@@ -478,10 +482,13 @@ AS $$
                       'AccessExclusiveLock')
            OR (l.mode = 'RowExclusiveLock' AND l.pid NOT IN (SELECT protocol.pid FROM protocol)))
     UNION ALL
-    SELECT l.pid, l.virtualtransaction, pg_catalog.format('%s on %s held by pid %s', l.mode, l.relation::regclass, l.pid)
+    SELECT l.pid, l.virtualtransaction,
+           pg_catalog.format('%s on %s held by pid %s, idle in its transaction', l.mode, l.relation::regclass, l.pid)
     FROM locks AS l
     JOIN blob_l1 ON blob_l1.rel = l.relation
+    JOIN pg_catalog.pg_stat_activity AS a ON a.pid = l.pid
     WHERE p_readers AND l.locktype = 'relation' AND l.mode = 'AccessShareLock'
+      AND a.state IN ('idle in transaction', 'idle in transaction (aborted)')
       AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())
 $$;
 
@@ -491,9 +498,8 @@ $$;
 -- backend's fast-path locks are read before the shared lock table), so an xmtpd insert caught between two
 -- transactions could look like a writer outside the protocol for an instant.  This is a hint, not a
 -- guarantee: the hold budget still bounds every wait under key 5.  With p_readers, a reader of the blob L1
--- seen twice counts too (its text starts with AccessShareLock): a read that outlasts 10 ms is likely to
--- outlast the budget, and deferring now costs the inserts nothing, where a refusal under key 5 stalls
--- them all for the budget.
+-- idle in its transaction counts too (its text starts with AccessShareLock): it may keep the L1 for
+-- minutes, and deferring now costs the inserts nothing.
 CREATE OR REPLACE FUNCTION partitiond_preflight(p_oid int, p_key bigint, p_readers boolean)
 RETURNS text
 LANGUAGE plpgsql
@@ -510,6 +516,41 @@ BEGIN
     RETURN (SELECT h.what FROM partitiond_lock_holders(p_oid, p_key, p_readers) AS h
             WHERE pg_catalog.format('%s/%s/%s', h.pid, h.vxid, h.what) = ANY (v_first)
             ORDER BY h.pid LIMIT 1);
+END
+$$;
+
+-- Whether no session holds originator p_oid's blob L1 at this instant, so that the fast blob step
+-- (PARTITION OF, which needs that L1 to itself) would get it at once: partitiond calls this BEFORE key 5,
+-- again and again for a short while, to wait out the queries reading the L1 (a serving node runs them all
+-- the time, each for some milliseconds) instead of taking key 5 and then waiting for them while every
+-- insert waits.  The probe takes ACCESS EXCLUSIVE on the L1 without waiting, and gives it back at once:
+-- the lock is taken inside a block whose error handler rolls it back, so nobody waits for the probe, and
+-- it holds nothing when it returns, even inside a caller's open transaction.  An originator without a
+-- blob L1 has nothing to wait for (true); a NULL or negative originator is refused (22023).
+CREATE OR REPLACE FUNCTION partitiond_blob_l1_free(p_oid int)
+RETURNS boolean
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_l1 regclass;
+BEGIN
+    IF p_oid IS NULL OR p_oid < 0 THEN
+        RAISE EXCEPTION 'no such originator: %', p_oid USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    v_l1 := partitiond_l1_child(pg_catalog.format('%I.%I', pg_catalog.current_schema(), 'gateway_envelopes_blob')::regclass, p_oid);
+    IF v_l1 IS NULL THEN
+        RETURN true;
+    END IF;
+    BEGIN
+        EXECUTE pg_catalog.format('LOCK TABLE ONLY %s IN ACCESS EXCLUSIVE MODE NOWAIT', v_l1);
+        RAISE EXCEPTION 'free' USING ERRCODE = 'PD002';  -- rolls the lock back
+    EXCEPTION
+        WHEN lock_not_available THEN
+            RETURN false;
+        WHEN SQLSTATE 'PD002' THEN
+            RETURN true;
+    END;
 END
 $$;
 
@@ -534,10 +575,12 @@ $$;
 -- The meta child is attached.  The blob child is best created with PARTITION OF: ATTACH would validate the
 -- foreign key into gateway_envelopes_meta with a query planned over EVERY meta partition (about 1 s at
 -- 2,000 partitions, all of it while inserts wait), and PARTITION OF does not validate a new, empty table.
--- PARTITION OF needs ACCESS EXCLUSIVE on the blob L1: that lock is queued for, bounded by the budget, so
--- readers of this originator's blobs pause for at most the budget plus the DDL.  If a reader holds the L1
--- longer, the band is refused with SQLSTATE PD001 (the caller defers it while the originator has runway
--- left), or, with p_allow_slow, the staged blob table is attached after all.
+-- PARTITION OF needs ACCESS EXCLUSIVE on the blob L1, taken WITHOUT waiting: the caller waited before key 5
+-- for a moment when no query read it (partitiond_blob_l1_free), so a reader is never queued behind a lock
+-- request of partitiond's, only behind the DDL itself.  If a query took the L1 meanwhile, the band is
+-- refused with SQLSTATE PD001 before any DDL ran (the caller goes back to waiting, then defers the band
+-- while the originator has runway left), or, with p_allow_slow, the staged blob table is attached after
+-- all.
 CREATE OR REPLACE FUNCTION partitiond_attach_staged(p_oid int, p_start bigint, p_end bigint, p_allow_slow boolean)
 RETURNS jsonb
 LANGUAGE plpgsql
@@ -560,6 +603,21 @@ BEGIN
         RAISE EXCEPTION 'partitiond_attach_staged: originator % has no L1 partition in both trees', p_oid
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    v_t := pg_catalog.array_append(v_t, pg_catalog.clock_timestamp());
+    -- The blob L1 first, without waiting: a refusal then costs the inserts the argument checks and no more.
+    -- ONLY: PARTITION OF needs the L1 alone, and the recursive form would also lock every blob band of the
+    -- originator (500 at 2,000 meta partitions: ~1.5 ms more under key 5, and as many locks to release).
+    BEGIN
+        EXECUTE pg_catalog.format('LOCK TABLE ONLY %s IN ACCESS EXCLUSIVE MODE NOWAIT', v_blob_l1);
+    EXCEPTION WHEN lock_not_available THEN
+        IF NOT p_allow_slow THEN
+            RAISE EXCEPTION 'the blob partition % of originator % is in use by another session', v_blob_l1, p_oid
+                USING ERRCODE = 'PD001',
+                      HINT = 'Creating the band now would mean validating the blob foreign key under key 5.';
+        END IF;
+        v_slow := true;
+    END;
+    v_t := pg_catalog.array_append(v_t, pg_catalog.clock_timestamp());
     PERFORM partitiond_lock_creators();  -- also serialises with callers of the ensure that skip key 5
     -- Did a creator make the band while the caller waited for key 5?  Read pg_class with this statement's
     -- snapshot, which sees every commit before it: a name lookup through the catalog cache (to_regclass)
@@ -570,22 +628,6 @@ BEGIN
     THEN
         RETURN pg_catalog.jsonb_build_object('status', 'existed');
     END IF;
-    v_t := pg_catalog.array_append(v_t, pg_catalog.clock_timestamp());
-    -- The blob L1 first: if a reader keeps it past the budget, the band is refused before any DDL ran, so
-    -- the refusal holds key 5 for the budget and no longer.  ONLY: PARTITION OF needs the L1 alone, and
-    -- the recursive form would also lock every blob band of the originator (500 at 2,000 meta partitions:
-    -- ~1.5 ms more under key 5, and as many locks more to release at COMMIT).
-    BEGIN
-        EXECUTE pg_catalog.format('LOCK TABLE ONLY %s IN ACCESS EXCLUSIVE MODE', v_blob_l1);
-    EXCEPTION WHEN lock_not_available THEN
-        IF NOT p_allow_slow THEN
-            RAISE EXCEPTION 'the blob partition % of originator % is being read for longer than the hold budget',
-                            v_blob_l1, p_oid
-                USING ERRCODE = 'PD001',
-                      HINT = 'Creating the band now would mean validating the blob foreign key under key 5.';
-        END IF;
-        v_slow := true;
-    END;
     v_t := pg_catalog.array_append(v_t, pg_catalog.clock_timestamp());
     -- Then the children in the order of every xmtpd ensure: meta L2, then blob L2.
     PERFORM partitiond_attach_table(v_meta_l1, v_staged[1], v_names[1], p_start, p_end);
@@ -604,10 +646,10 @@ BEGIN
         'status', 'created',
         'path', CASE WHEN v_slow THEN 'attach' ELSE 'partition_of' END,
         'ms', pg_catalog.jsonb_build_object(
-            'check', extract(epoch FROM v_t[2] - v_t[1]) * 1000.0,
+            'check', extract(epoch FROM v_t[2] - v_t[1] + v_t[4] - v_t[3]) * 1000.0,
             'blob_lock', extract(epoch FROM v_t[3] - v_t[2]) * 1000.0,
-            'meta', extract(epoch FROM v_t[4] - v_t[3]) * 1000.0,
-            'blob', extract(epoch FROM v_t[5] - v_t[4]) * 1000.0));
+            'meta', extract(epoch FROM v_t[5] - v_t[4]) * 1000.0,
+            'blob', extract(epoch FROM v_t[6] - v_t[5]) * 1000.0));
 END
 $$;
 

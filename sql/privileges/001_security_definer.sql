@@ -41,11 +41,13 @@ ALTER FUNCTION ensure_gateway_parts_v4(integer, bigint, bigint) SECURITY DEFINER
 ALTER FUNCTION partitiond_ensure(integer, bigint, bigint) SECURITY DEFINER;
 -- The executor's "did this band exist?" check reads only the catalog, through helpers revoked below.
 ALTER FUNCTION partitiond_band_exists(integer, bigint, bigint) SECURITY DEFINER;
--- The executor's own creation path: before key 5 look for lock holders, stage a band's tables and warm the
--- caches; under key 5 attach them; afterwards drop what an interrupted attempt left behind.
+-- The executor's own creation path: before key 5 look for lock holders, stage a band's tables, warm the
+-- caches and wait out the readers of the blob L1; under key 5 attach them; afterwards drop what an
+-- interrupted attempt left behind.
 ALTER FUNCTION partitiond_preflight(integer, bigint, boolean) SECURITY DEFINER;
 ALTER FUNCTION partitiond_stage_table(integer, bigint, bigint, boolean) SECURITY DEFINER;
 ALTER FUNCTION partitiond_warm(integer, integer) SECURITY DEFINER;
+ALTER FUNCTION partitiond_blob_l1_free(integer) SECURITY DEFINER;
 ALTER FUNCTION partitiond_attach_staged(integer, bigint, bigint, boolean) SECURITY DEFINER;
 ALTER FUNCTION partitiond_unstage(integer, bigint) SECURITY DEFINER;
 -- Dropping an empty band (partitiond prune) keeps the foreign keys that xmtpd's pruner's CASCADE loses;
