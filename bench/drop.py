@@ -29,7 +29,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from bench.hold import WIDTH, csv_ints, envelope_cluster, fill
+from bench.hold import WIDTH, csv_ints, envelope_cluster, fill, originator
 
 Conn = psycopg.Connection[Any]
 KEY = 5
@@ -90,12 +90,13 @@ def measure(
     for sample in range(samples):
         for turn in range(len(names)):
             name = names[(sample + turn) % len(names)]  # rotate who goes first
-            oid = (sample * len(names) + turn) % originators + 1
+            oid = originator((sample * len(names) + turn) % originators + 1)
             holds[name].append(held(conn, WAYS[name], oid, next_drop[oid]))
             next_drop[oid] += 1
     print(f"keys after the safe drops: {_keys(conn)}")
     if last:
-        holds["xmtpd pruner (keys lost)"] = [held(conn, pruner, 1, next_drop[1])]
+        first = originator(1)
+        holds["xmtpd pruner (keys lost)"] = [held(conn, pruner, first, next_drop[first])]
         print(f"keys after xmtpd's pruner statement: {_keys(conn)}")
     return holds
 
@@ -134,7 +135,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     with envelope_cluster("partitiond-drop-") as (_, conn):
         print(f"PostgreSQL {conn.info.parameter_status('server_version')}\n")
-        next_drop = dict.fromkeys(range(1, args.originators + 1), 1)  # band 0 holds a row (originator 1)
+        # band 0 of the first originator holds a row
+        next_drop = dict.fromkeys(map(originator, range(1, args.originators + 1)), 1)
         for size in (sizes := sorted(args.sizes)):
             bands = max(1, size // args.originators)
             needed = max(next_drop.values()) + args.samples + 2  # the drops, and a highest band kept above

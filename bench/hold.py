@@ -62,7 +62,16 @@ from partitiond.xmtpd_writer import LazyWriter
 Conn = psycopg.Connection[Any]
 Calls = tuple[str, list[tuple[float, float]]]  # a load process's kind and its (wall start, latency) per call
 KEY = 5
-WIDTH = 1000
+WIDTH = 1_000_000  # xmtpd's band width, and
+ORIGINATOR_STEP = 100  # node ids 100, 200, ...: names as long as production's, so index and key clone
+# names cut to 63 bytes collide (and PostgreSQL numbers them) as they do there
+
+
+def originator(index: int) -> int:
+    """The id of the ``index``-th originator (1-based)."""
+    return ORIGINATOR_STEP * index
+
+
 MODES = ("none", "serving", "long reader", "quiet")
 IDLE_WINDOW = 0.05  # seconds: about one creation
 READER_PAUSE = 0.05  # between a reader's queries: each reader keeps about half a core busy
@@ -179,9 +188,9 @@ def load_process(
         i = 0
         while not stop.is_set():
             began, t = time.time(), time.perf_counter()
-            oid = i // 2 % originators + 1
+            oid = originator(i // 2 % originators + 1)
             if kind == "writer":
-                writer.insert(1, i % WIDTH)
+                writer.insert(originator(1), i % WIDTH)
             elif i % 2:
                 conn.execute(BLOB_READ, [oid, tip + i % WIDTH]).fetchall()
             else:
@@ -223,7 +232,7 @@ def start_load(dsn: str, readers: int, originators: int, tip: int = 0, writer: b
 def fill(conn: Conn, originators: int, bands: int) -> None:
     """Bands 0..``bands``-1 for every originator, those missing created fast (PARTITION OF, 50 per
     transaction; band 0 by the ensure, which makes the L1s): set-up, not measured."""
-    for oid in range(1, originators + 1):
+    for oid in map(originator, range(1, originators + 1)):
         conn.execute("SELECT ensure_gateway_parts_v4(%s, 0, %s)", [oid, WIDTH])
         for chunk in range(1, bands, 50):
             with conn.transaction():
@@ -294,7 +303,7 @@ def measure_mode(
             for sample in range(samples):
                 for turn in range(len(CREATORS)):
                     creator = CREATORS[(sample + turn) % len(CREATORS)]  # rotate who goes first
-                    oid = (sample * len(CREATORS) + turn) % originators + 1
+                    oid = originator((sample * len(CREATORS) + turn) % originators + 1)
                     creation = creator.create(conn, dsn, oid, next_band[oid] * WIDTH)
                     cells[creator.name].creations.append(creation)
                     time.sleep(SETTLE)  # part of the measured window (see SETTLE), not a synchronisation
@@ -342,7 +351,7 @@ def envelope_cluster(prefix: str) -> Iterator[tuple[LocalCluster, Conn]]:
     ):
         sqlfiles.install_schema(conn)
         sqlfiles.install_functions(conn)
-        LazyWriter(conn, band_width=WIDTH).insert(1, 0)
+        LazyWriter(conn, band_width=WIDTH).insert(originator(1), 0)
         yield cluster, conn
 
 
@@ -379,7 +388,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         flush=True,
     )
     with envelope_cluster("partitiond-hold-") as (cluster, conn):
-        next_band = dict.fromkeys(range(1, args.originators + 1), 0)
+        next_band = dict.fromkeys(map(originator, range(1, args.originators + 1)), 0)
         for size in sorted(args.sizes):
             bands = max(1, size // args.originators)
             fill(conn, args.originators, bands)
