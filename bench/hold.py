@@ -170,12 +170,20 @@ CREATORS = (
 
 
 def load_process(
-    dsn: str, kind: str, originators: int, tip: int, stop: EventType, out: QueueType[Calls]
+    dsn: str,
+    kind: str,
+    originators: int,
+    tip: int,
+    stop: EventType,
+    ready: QueueType[str],
+    out: QueueType[Calls],
 ) -> None:
     """``writer``: xmtpd-protocol inserts, again and again into band 0 of originator 1 (ON CONFLICT DO
     NOTHING keeps the table small; the locks are those of any insert).  ``reader``: alternately a blob
     read by key and xmtpd's single-originator page after a cursor, both near ``tip`` (the start of the
-    highest band filled), one originator after the other.  Sends back (wall start, latency) per call.
+    highest band filled), one originator after the other.  Says ``ready`` once each of its statements ran
+    (a new backend plans them over the whole tree first, which takes up to a second at 2,000 partitions and
+    is nobody's creation), and sends back (wall start, latency) per call.
 
     Readers plan every query (``prepare_threshold=None``): with server-side prepared statements, each
     reader's cached generic plan covers the whole tree and is rebuilt after *every* partition change,
@@ -197,6 +205,8 @@ def load_process(
                 conn.execute(CURSOR_QUERY, {"oid": oid, "cursor": tip}).fetchall()
             done.append((began, time.perf_counter() - t))
             i += 1
+            if i == (1 if kind == "writer" else 2):
+                ready.put(kind)
             stop.wait(0.01 if kind == "writer" else READER_PAUSE)  # paced: 100 inserts/s, a serving reader
     out.put((kind, done))
 
@@ -204,8 +214,14 @@ def load_process(
 @dataclass
 class Load:
     stop: EventType
+    ready: QueueType[str]
     out: QueueType[Calls]
     procs: list[Any] = field(default_factory=list)
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        """Until every load process ran each of its statements once."""
+        for _ in self.procs:
+            self.ready.get(timeout=timeout)
 
     def finish(self) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
         """Stop everything; (the writer's calls, the readers' calls)."""
@@ -219,10 +235,12 @@ class Load:
 
 def start_load(dsn: str, readers: int, originators: int, tip: int = 0, writer: bool = True) -> Load:
     mp = multiprocessing.get_context("spawn")
-    load = Load(mp.Event(), mp.Queue())
+    load = Load(mp.Event(), mp.Queue(), mp.Queue())
     for kind in ["writer"] * writer + ["reader"] * readers:
         proc = mp.Process(
-            target=load_process, args=(dsn, kind, originators, tip, load.stop, load.out), daemon=True
+            target=load_process,
+            args=(dsn, kind, originators, tip, load.stop, load.ready, load.out),
+            daemon=True,
         )
         proc.start()
         load.procs.append(proc)
@@ -299,7 +317,7 @@ def measure_mode(
     load = start_load(dsn, readers if mode == "serving" else 0, originators, tip, writer=mode != "quiet")
     try:
         with psycopg.connect(dsn, autocommit=True) as conn, long_reader(dsn, mode == "long reader"):
-            time.sleep(1.0)  # let the load processes connect and settle: load generation, not synchronisation
+            load.wait_ready()
             for sample in range(samples):
                 for turn in range(len(CREATORS)):
                     creator = CREATORS[(sample + turn) % len(CREATORS)]  # rotate who goes first

@@ -69,7 +69,7 @@ class Settings:
     hold_timeout: float = 0.5
     idle_in_transaction_timeout: float = 2.0
     slow_path_runway: float = 600.0
-    blob_lock_wait: float = 0.5
+    reader_wait: float = 0.5
     connect_timeout: float = 10.0
     protocol_lock: bool = True
     protocol_lock_key: int = 5
@@ -296,7 +296,7 @@ _RULES: dict[str, _Rule] = {
     "hold_timeout": _duration(lambda v: 0.001 <= v <= 60, "a duration from 1ms to 60s (e.g. 500ms)"),
     "idle_in_transaction_timeout": _duration(lambda v: 0.1 <= v <= 600, "a duration from 100ms to 10m"),
     "slow_path_runway": _duration(lambda v: v >= 0, "a duration >= 0 (e.g. 10m)"),
-    "blob_lock_wait": _duration(lambda v: 0 <= v <= 60, "a duration from 0 to 60s (e.g. 500ms)"),
+    "reader_wait": _duration(lambda v: 0 <= v <= 60, "a duration from 0 to 60s (e.g. 500ms)"),
     "connect_timeout": _duration(
         lambda v: v >= 1 and v == int(v), "a whole number of seconds >= 1 (e.g. 10s)"
     ),

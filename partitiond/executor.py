@@ -21,7 +21,7 @@ as holding.  One band, in order:
 4. ``partitiond_warm``: this backend's catalog caches are loaded for the band (every meta partition's
    entries, both L1s' partition descriptors), so a cold backend (``run-once``, a new connection) does not
    read them while holding key 5.  Bounded by the hold budget, optional.
-5. ``partitiond_blob_l1_free``, again and again a few milliseconds apart for at most ``blob_lock_wait``:
+5. ``partitiond_tables_free``, again and again a few milliseconds apart for at most ``reader_wait``:
    waits, holding nothing, for an instant when no query reads the originator's blob L1.  The fast blob step
    (``PARTITION OF``) needs that L1 to itself; a serving node reads it all the time, each query for some
    milliseconds, and waiting for them under key 5 would stall every insert, while queueing for the L1
@@ -71,7 +71,7 @@ BACKOFF_BASE = 0.02
 BACKOFF_CAP = 2.0
 TRY_LOCK_TRIES = 20
 TRY_LOCK_GAP = (0.001, 0.005)  # seconds between non-queueing tries: inserts take a few ms each
-BLOB_PROBE_GAP = (0.002, 0.006)  # seconds between looks at the blob L1: a serving read takes some ms
+PROBE_GAP = (0.002, 0.006)  # seconds between looks at the tables a DDL needs: a serving read takes some ms
 # Why a band was deferred (a metrics label): where the refused wait was.
 DEFERRAL_REASONS = ("lock_busy", "stage_busy", "key5_busy", "held_lock", "blob_read", "hold_timeout")
 # Key 5's exclusive side: first without queueing (in a gap between inserts), then queued.
@@ -87,7 +87,7 @@ CALLS = {
     "stage": "SELECT {s}.partitiond_stage_table("
     "%(oid)s::integer, %(start)s::bigint, %(end)s::bigint, %(blob)s::boolean)",
     "warm": "SELECT {s}.partitiond_warm(%(oid)s::integer, %(budget_ms)s::integer)",
-    "blob_free": "SELECT {s}.partitiond_blob_l1_free(%(oid)s::integer)",
+    "tables_free": "SELECT {s}.partitiond_tables_free(%(oid)s::integer, %(drop)s::boolean)",
     "attach": "SELECT {s}.partitiond_attach_staged("
     "%(oid)s::integer, %(start)s::bigint, %(end)s::bigint, %(allow_slow)s::boolean)",
     "unstage": "SELECT {s}.partitiond_unstage(%(oid)s::integer, %(start)s::bigint)",
@@ -187,7 +187,8 @@ def deferral(exc: psycopg.Error, under_key_5: bool) -> Deferred | None:
     return None
 
 
-def _pg_interval(seconds: float) -> str:
+def pg_interval(seconds: float) -> str:
+    """A duration as PostgreSQL settings take it: whole milliseconds, at least 1."""
     return f"{max(1, round(seconds * 1000))}ms"
 
 
@@ -206,7 +207,7 @@ def may_go_slow(planned: PlannedBand, settings: Settings) -> bool:
 
 
 def session_params(settings: Settings) -> list[str]:
-    return [_pg_interval(settings.lock_timeout), _pg_interval(settings.statement_timeout)]
+    return [pg_interval(settings.lock_timeout), pg_interval(settings.statement_timeout)]
 
 
 def _preflight_params(planned: PlannedBand, settings: Settings) -> dict[str, Any]:
@@ -221,9 +222,9 @@ def _warm_params(planned: PlannedBand, settings: Settings) -> dict[str, int]:
 
 def band_settings_params(settings: Settings) -> dict[str, str]:
     return {
-        "budget": _pg_interval(settings.hold_budget),
-        "hold": _pg_interval(settings.hold_timeout),
-        "idle": _pg_interval(settings.idle_in_transaction_timeout),
+        "budget": pg_interval(settings.hold_budget),
+        "hold": pg_interval(settings.hold_timeout),
+        "idle": pg_interval(settings.idle_in_transaction_timeout),
     }
 
 
@@ -265,6 +266,30 @@ def hold_steps(settings: Settings) -> list[Step]:
             Step("else queued for key 5, for at most the hold budget", sql.SQL(QUEUE_KEY), key),
         ]
     return steps
+
+
+def tables_free_by(
+    conn: Conn,
+    settings: Settings,
+    originator: int,
+    drop: bool,
+    deadline: float,
+    sleep: Callable[[float], object],
+    rng: random.Random,
+) -> bool:
+    """Look every few milliseconds, holding nothing, until no other session holds a table the DDL needs to
+    itself (creating a band of ``originator``: its blob L1; with ``drop``, dropping one: both L1s,
+    ``gateway_envelopes_blob``, ``blockchain_messages`` and ``payers``): True at once when they are free,
+    False once ``deadline`` (a ``time.perf_counter()`` value) has passed.  Band creation and ``partitiond
+    prune`` both wait so for the queries reading those tables, before they take key 5."""
+    probe = calls(settings.schema)["tables_free"]
+    while True:
+        row = conn.execute(probe, {"oid": originator, "drop": drop}).fetchone()
+        if row and row[0]:
+            return True
+        if time.perf_counter() >= deadline:
+            return False
+        sleep(rng.uniform(*PROBE_GAP))
 
 
 def backoff(attempt: int, rng: random.Random) -> float:
@@ -324,9 +349,9 @@ def band_steps(planned: PlannedBand, settings: Settings, plain: tuple[bool, bool
         steps.append(
             Step(
                 "until no query reads the blob L1 (every few ms, for at most "
-                f"{_pg_interval(settings.blob_lock_wait)})",
-                c["blob_free"],
-                {"oid": planned.originator},
+                f"{pg_interval(settings.reader_wait)})",
+                c["tables_free"],
+                {"oid": planned.originator, "drop": False},
             )
         )
     steps += hold_steps(settings)
@@ -435,23 +460,21 @@ class Executor:
         self, planned: PlannedBand, band: dict[str, int], holds: list[float]
     ) -> tuple[_Done, float]:
         """The staged band's transaction, started the moment the originator's blob L1 is seen free, for
-        at most ``blob_lock_wait``; a query that takes the L1 before key 5 is granted refuses the attempt
-        at once (PD001), and the wait goes on.  Then the slow path when time is short, else a deferral."""
-        oid = {"oid": planned.originator}
-        deadline = time.perf_counter() + self.settings.blob_lock_wait
-        while True:
-            if self._scalar(self._calls["blob_free"], oid):
-                try:
-                    return self._timed(band, False, holds)
-                except Deferred as exc:
-                    if exc.reason != "blob_read":
-                        raise
-            if time.perf_counter() >= deadline:
+        at most ``reader_wait``; a query that takes the L1 before key 5 is granted refuses the attempt at
+        once (PD001), and the wait goes on.  Then the slow path when time is short, else a deferral."""
+        s = self.settings
+        deadline = time.perf_counter() + s.reader_wait
+        while tables_free_by(self.conn, s, planned.originator, False, deadline, self.sleep, self.rng):
+            try:
+                return self._timed(band, False, holds)
+            except Deferred as exc:
+                if exc.reason != "blob_read":
+                    raise
+            if time.perf_counter() >= deadline:  # refused each time the L1 was seen free
                 break
-            self.sleep(self.rng.uniform(*BLOB_PROBE_GAP))
-        if may_go_slow(planned, self.settings):
+        if may_go_slow(planned, s):
             return self._timed(band, True, holds)
-        wait = _pg_interval(self.settings.blob_lock_wait)
+        wait = pg_interval(s.reader_wait)
         raise Deferred("blob_read", f"originator {planned.originator}'s blob partition was in use for {wait}")
 
     def _timed(

@@ -5,12 +5,18 @@ xmtpd's pruner drops the empty bands below each originator's highest band with `
 foreign keys of the whole tables with it.  Here the same bands are found from the partition tree
 (``partitiond_prunable_bands``) and each is dropped by ``partitiond_drop_band`` (leaf by leaf, never
 CASCADE), in its own short transaction under the lock discipline of band creation
-(:mod:`partitiond.executor`): the hold settings, the exclusive side of key 5 taken by
-:func:`~partitiond.executor.take_protocol_lock`, the drop, COMMIT.  Dropping needs key 5 for the same
-reason creating does: it changes the partition trees every insert routes through.
+(:mod:`partitiond.executor`): first a wait, holding nothing, for a moment when no query reads the tables
+the drop needs to itself (:func:`~partitiond.executor.tables_free_by`, at most ``reader_wait``: both L1s,
+and ``gateway_envelopes_blob``, ``blockchain_messages`` and ``payers``, whose foreign-key clones pointing
+at the meta leaf go with it), then the hold settings, the exclusive side of key 5 taken by
+:func:`~partitiond.executor.take_protocol_lock`, the drop (which takes those tables without waiting),
+COMMIT.  Dropping needs key 5 for the same reason creating does: it changes the partition trees every
+insert routes through.
 
-A lock not free within the hold budget, or the hold timeout, rolls the band back (nothing changed) and it
-is retried with jittered backoff, like a deferred band creation.  A band that gained rows or became its
+Tables still in use when the wait ends (``in_use``), a lock not free within the hold budget, or the hold
+timeout roll the band back (nothing changed) and it is retried with jittered backoff, like a deferred
+band creation.  Every reader of a blob partition holds ``gateway_envelopes_blob`` too, so on a busy
+serving node a drop waits for a moment between reads, or is deferred.  A band that gained rows or became its
 originator's highest meanwhile is refused by the function (55000) and skipped.  Any other error fails that
 band only; a missing grant or function fails the command (exit 4), as everywhere else.
 
@@ -44,9 +50,12 @@ from partitiond.executor import (
     deferral,
     error_line,
     hold_steps,
+    pg_interval,
     session_params,
+    tables_free_by,
     take_protocol_lock,
 )
+from partitiond.executor import calls as executor_calls
 
 Conn = psycopg.Connection[Any]
 Sleep = Callable[[float], object]
@@ -73,7 +82,8 @@ class Prunable:
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """What happened to one band.  ``tables``: the two dropped (blob leaf, then meta leaf); ``detail``: why
-    it was not dropped; ``deferrals``: the reason of each deferred attempt (executor's labels)."""
+    it was not dropped; ``deferrals``: the reason of each deferred attempt (the executor's labels, or
+    ``in_use`` when the tables the drop needs stayed in use)."""
 
     target: Prunable
     status: Status
@@ -136,7 +146,13 @@ def first_steps(settings: Settings) -> list[Step]:
 def band_steps(target: Prunable, settings: Settings) -> list[Step]:
     """The statements a successful first attempt at ``target`` sends, in order: what :func:`drop` runs."""
     drop_call = calls(settings.schema)["drop"]
+    wait = f"every few ms, for at most {pg_interval(settings.reader_wait)}"
     return [
+        Step(
+            f"until no query reads the tables the drop needs to itself ({wait})",
+            executor_calls(settings.schema)["tables_free"],
+            {"oid": target.originator, "drop": True},
+        ),
         *hold_steps(settings),
         Step("under key 5: detach and drop the blob leaf, then the meta leaf", drop_call, _params(target)),
         Step("releases key 5", sql.SQL("COMMIT")),
@@ -160,8 +176,13 @@ def drop(
     conn: Conn, target: Prunable, settings: Settings, sleep: Sleep, rng: random.Random
 ) -> tuple[str, ...]:
     """One attempt at one band in its own transaction; returns the tables dropped.  Raises
-    :class:`~partitiond.executor.Deferred` when a lock was not free within the budget or the hold timeout
-    struck (the transaction rolled back: nothing changed), the database error otherwise."""
+    :class:`~partitiond.executor.Deferred` when the L1s stayed in use, a lock was not free within the
+    budget or the hold timeout struck (the transaction rolled back: nothing changed), the database error
+    otherwise."""
+    deadline = time.perf_counter() + settings.reader_wait
+    if not tables_free_by(conn, settings, target.originator, True, deadline, sleep, rng):
+        wait = pg_interval(settings.reader_wait)
+        raise Deferred("in_use", f"tables the drop needs were in use for {wait}")
     granted = False
     try:
         with conn.transaction():

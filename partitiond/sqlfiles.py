@@ -35,7 +35,7 @@ EXECUTOR_SIGNATURES = (
     "partitiond_preflight(integer, bigint, boolean)",
     "partitiond_stage_table(integer, bigint, bigint, boolean)",
     "partitiond_warm(integer, integer)",
-    "partitiond_blob_l1_free(integer)",
+    "partitiond_tables_free(integer, boolean)",
     "partitiond_attach_staged(integer, bigint, bigint, boolean)",
     "partitiond_unstage(integer, bigint)",
     "partitiond_untrusted_creators()",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from partitiond.cli import OPTIONS
+from partitiond.options import OPTIONS
 
 from .pgtools import Conn, l2_bounds, partition_count, seed_rows
 

@@ -29,10 +29,11 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from partitiond.cli import OPTIONS, main
+from partitiond.cli import main
 from partitiond.cluster import free_port
 from partitiond.config import load_settings
 from partitiond.metrics import Metrics
+from partitiond.options import OPTIONS
 
 from .pgtools import Conn, seed_rows
 from .test_daemon import scrape_until

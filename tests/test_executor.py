@@ -35,7 +35,7 @@ def ensure(
     notices: list[str] | None = None,
     hold_budget: float = 0.05,
     runway: float | None = None,
-    blob_lock_wait: float = 0.5,
+    reader_wait: float = 0.5,
 ) -> Outcome:
     """One band, one attempt, through a new executor; with ``notices``, collect the server's DEBUG1
     messages too.  ``runway`` below the default slow-path runway allows the slow path."""
@@ -46,7 +46,7 @@ def ensure(
         lock_attempts=1,
         hold_budget=hold_budget,
         hold_timeout=max(0.5, 2 * hold_budget),
-        blob_lock_wait=blob_lock_wait,
+        reader_wait=reader_wait,
     )
     with psycopg.connect(dsn, autocommit=True) as conn:
         if notices is not None:
@@ -386,7 +386,7 @@ def test_a_query_reading_the_blob_l1_is_waited_out_before_key_5(conn: Conn, db_d
     a deferral; the reader runs to its end undisturbed."""
     ensure_band(conn, OID, 0)
     reader = reading_blob_l1(conn, db_dsn, 1.0)
-    outcome = ensure(db_dsn, WIDTH, blob_lock_wait=20.0)
+    outcome = ensure(db_dsn, WIDTH, reader_wait=20.0)
     reader.join(30)
     assert (outcome.status, outcome.path, outcome.deferrals) == ("created", "partition_of", ())
     assert len(outcome.holds) == 1
@@ -397,13 +397,13 @@ def test_a_query_reading_the_blob_l1_is_waited_out_before_key_5(conn: Conn, db_d
 def test_a_query_that_reads_the_blob_l1_for_long_defers_the_band_without_key_5(
     conn: Conn, db_dsn: str
 ) -> None:
-    """While runway remains, a read that outlasts --blob-lock-wait defers the band (blob_read) and key 5
+    """While runway remains, a read that outlasts --reader-wait defers the band (blob_read) and key 5
     is never taken: every look at the L1 found it in use."""
     ensure_band(conn, OID, 0)
     with psycopg.connect(db_dsn, autocommit=True) as canceller:
         reader = reading_blob_l1(conn, db_dsn, 60.0)
         try:
-            outcome = ensure(db_dsn, WIDTH, blob_lock_wait=0.2)
+            outcome = ensure(db_dsn, WIDTH, reader_wait=0.2)
         finally:
             canceller.execute(
                 "SELECT pg_cancel_backend(pid) FROM pg_stat_activity"
@@ -423,10 +423,10 @@ def test_a_reader_that_slips_in_before_key_5_refuses_the_attempt_at_once(conn: C
     ends."""
     ensure_band(conn, OID, 0)
     blind(conn, "partitiond_preflight", "integer, bigint, boolean", "text", "NULL")
-    blind(conn, "partitiond_blob_l1_free", "integer", "boolean", "true")
+    blind(conn, "partitiond_tables_free", "integer, boolean", "boolean", "true")
     with psycopg.connect(db_dsn) as holder:
         holder.execute(f"SELECT count(*) FROM gateway_envelopes_blob_o{OID}")
-        outcome = ensure(db_dsn, WIDTH, hold_budget=0.5, blob_lock_wait=0.1)
+        outcome = ensure(db_dsn, WIDTH, hold_budget=0.5, reader_wait=0.1)
         holder.rollback()
     assert (outcome.status, outcome.failure) == ("deferred", "blob_read")
     assert outcome.holds and max(outcome.holds) < 0.5
@@ -473,7 +473,7 @@ def test_the_blob_l1_probe_answers_at_once_and_keeps_no_lock(conn: Conn, db_dsn:
     reader nor leave a lock behind, even inside an open transaction (it is callable by the runtime
     role)."""
     ensure_band(conn, OID, 0)
-    probe = "SELECT partitiond_blob_l1_free(%s)"
+    probe = "SELECT partitiond_tables_free(%s, false)"
     with conn.transaction():
         assert conn.execute(probe, [OID]).fetchone() == (True,)
         held = conn.execute(

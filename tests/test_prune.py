@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 import time
 from typing import Any
 
 import psycopg
+import pytest
 
 from partitiond import prune
 from partitiond.bands import Band
@@ -16,7 +18,7 @@ from partitiond.config import Settings
 from partitiond.executor import RetryBudget
 
 from .conftest import Roles
-from .pgtools import TREES, Conn, ensure_band, l2_bounds, partition_count, seed_rows
+from .pgtools import TREES, Conn, ensure_band, l2_bounds, partition_count, seed_rows, wait_for
 from .test_cli import cli
 from .test_drop_band import envelope_keys
 
@@ -129,3 +131,68 @@ def test_a_role_with_only_execute_can_prune(roles: Roles) -> None:
     with psycopg.connect(roles.owner_dsn, autocommit=True) as owner:
         assert l2_bounds(owner, "gateway_envelopes_meta", 100) == bounds(M, 3 * M)
         assert envelope_keys(owner) == KEYS
+
+
+def held_by_another(conn: Conn, table: str) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM pg_locks WHERE relation = %s::regclass AND pid <> pg_backend_pid()", [table]
+    ).fetchone()
+    return row is not None
+
+
+def test_a_query_reading_an_l1_is_waited_out_before_key_5(conn: Conn, db_dsn: str) -> None:
+    """Dropping a band needs both of the originator's L1s to itself.  A query reading the meta L1 is
+    waited out, holding nothing, and the drops go through without a deferral."""
+    layout(conn)
+
+    def read() -> None:
+        with psycopg.connect(db_dsn, autocommit=True) as reader:
+            reader.execute("SELECT count(*), pg_sleep(1.0) FROM gateway_envelopes_meta_o100")
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    wait_for(lambda: held_by_another(conn, "gateway_envelopes_meta_o100"), 20, "the reader", 0.01)
+    code, doc = run(db_dsn, "--apply", "--reader-wait", "20s")
+    reader.join(30)
+    assert code == 0
+    assert [(b["status"], b["deferrals"]) for b in doc["bands"]] == [("dropped", [])] * 3
+    for tree in TREES:
+        assert l2_bounds(conn, tree, 100) == bounds(M, 3 * M)
+
+
+def test_a_table_read_past_the_wait_defers_the_drop_without_key_5(conn: Conn, db_dsn: str) -> None:
+    """Dropping a band needs gateway_envelopes_blob to itself (detaching the meta leaf removes the key
+    clones that point at it), and every reader of a blob partition holds it: a reader that stays past
+    --reader-wait defers every band (in_use), and key 5 is never taken."""
+    layout(conn)
+    with psycopg.connect(db_dsn) as reader:
+        reader.execute("SELECT count(*) FROM gateway_envelopes_blob_o100")
+        code, doc = run(db_dsn, "--apply", "--reader-wait", "100ms", "--lock-attempts", "1")
+        reader.rollback()
+    assert code == 1
+    assert [(b["originator"], b["status"], b["deferrals"]) for b in doc["bands"]] == [
+        (100, "deferred", ["in_use"]),
+        (100, "deferred", ["in_use"]),
+        (200, "deferred", ["in_use"]),
+    ]
+    for tree in TREES:
+        assert l2_bounds(conn, tree, 100) == bounds(0, M, 2 * M, 3 * M)
+        assert l2_bounds(conn, tree, 200) == bounds(0, M)
+    assert envelope_keys(conn) == KEYS
+
+
+def test_the_drop_never_waits_for_a_reader(conn: Conn, db_dsn: str) -> None:
+    """Under key 5 the drop takes the tables it needs to itself without waiting: a reader that slipped in
+    since partitiond looked refuses it at once (55P03), even with no lock_timeout at all, nothing
+    changed."""
+    layout(conn)
+    with psycopg.connect(db_dsn) as reader:
+        reader.execute("SELECT count(*) FROM gateway_envelopes_blob_o100")
+        conn.execute("SET lock_timeout = 0")
+        conn.execute("SET statement_timeout = '20s'")
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            conn.execute("SELECT partitiond_drop_band(200, 0)")
+        reader.rollback()
+    for tree in TREES:
+        assert l2_bounds(conn, tree, 200) == bounds(0, M)
+    assert envelope_keys(conn) == KEYS

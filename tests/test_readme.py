@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from partitiond.cli import OPTIONS, main
+from partitiond.cli import main
 from partitiond.metrics import Metrics
+from partitiond.options import OPTIONS
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
 

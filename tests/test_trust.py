@@ -335,7 +335,7 @@ SYNTAX = {
     "in", "exists", "any", "all", "array", "values", "coalesce", "greatest", "least", "nullif", "extract",
     "cast", "if", "and", "or", "not", "on", "using", "as", "returns", "table", "from", "select", "where",
     "then", "else", "return", "perform", "char", "varchar", "numeric", "decimal", "row", "over", "filter",
-    "recursive",
+    "recursive", "ordinality",
 }  # fmt: skip
 
 

@@ -366,7 +366,7 @@ DROP FUNCTION IF EXISTS partitiond_lock_holders(integer, bigint);
 --     nothing; it commits at once, so nothing is held while partitiond later waits for key 5.
 --  2. partitiond_warm, BEFORE key 5: loads the catalog caches the held statements need into this backend
 --     (a new backend would otherwise read them while every insert waits), under the hold budget.
---  3. partitiond_blob_l1_free, BEFORE key 5, as often as needed for a short while: waits out the queries
+--  3. partitiond_tables_free, BEFORE key 5, as often as needed for a short while: waits out the queries
 --     reading the originator's blob L1, which the blob step needs to itself.
 --  4. partitiond_attach_staged, UNDER key 5, with lock_timeout = the hold budget: rename and attach.
 -- Staged tables are committed, so a crash between 1 and 4 leaves them behind: partitiond_unstage removes
@@ -557,7 +557,7 @@ $$;
 -- held by a session that holds the shared side of key 5 (an xmtpd insert: key 5 itself excludes it).
 -- Readers (ACCESS SHARE) of the blob L1 count only with p_readers, and only while they sit idle in their
 -- transaction: the fast blob step (PARTITION OF) needs that L1 to itself, and such a reader keeps it until
--- its client moves on.  A reader that is running a query is waited out instead (partitiond_blob_l1_free).
+-- its client moves on.  A reader that is running a query is waited out instead (partitiond_tables_free).
 -- pg_locks is read once.
 CREATE OR REPLACE FUNCTION partitiond_lock_holders(p_oid int, p_key bigint, p_readers boolean DEFAULT false)
 RETURNS TABLE (pid int, vxid text, what text)
@@ -634,32 +634,52 @@ BEGIN
 END
 $$;
 
--- Whether no session holds originator p_oid's blob L1 at this instant, so that the fast blob step
--- (PARTITION OF, which needs that L1 to itself) would get it at once: partitiond calls this BEFORE key 5,
--- again and again for a short while, to wait out the queries reading the L1 (a serving node runs them all
--- the time, each for some milliseconds) instead of taking key 5 and then waiting for them while every
--- insert waits.  The probe takes ACCESS EXCLUSIVE on the L1 without waiting, and gives it back at once:
--- the lock is taken inside a block whose error handler rolls it back, so nobody waits for the probe, and
--- it holds nothing when it returns, even inside a caller's open transaction.  An originator without a
--- blob L1 has nothing to wait for (true); a NULL or negative originator is refused (22023).
-CREATE OR REPLACE FUNCTION partitiond_blob_l1_free(p_oid int)
+-- The tables a band's DDL needs to itself (ACCESS EXCLUSIVE) besides the band's own: to create a band of
+-- originator p_oid (the fast blob step, PARTITION OF), its blob L1; with p_drop, to drop one
+-- (partitiond_drop_band), both its L1s and, because detaching a meta partition removes the foreign-key
+-- clones that point at it, gateway_envelopes_blob, blockchain_messages and payers.  Every reader of a blob
+-- partition holds ACCESS SHARE on gateway_envelopes_blob too.  Missing tables are left out.
+CREATE OR REPLACE FUNCTION partitiond_exclusive_tables(p_oid int, p_drop boolean)
+RETURNS regclass[]
+LANGUAGE sql STABLE
+SET search_path FROM CURRENT
+AS $$
+    SELECT pg_catalog.array_agg(t.rel ORDER BY t.ord)
+    FROM (SELECT partitiond_l1_child(pg_catalog.format('%I.%I', pg_catalog.current_schema(), 'gateway_envelopes_blob')::regclass, p_oid), 1
+          UNION ALL
+          SELECT partitiond_l1_child(pg_catalog.format('%I.%I', pg_catalog.current_schema(), 'gateway_envelopes_meta')::regclass, p_oid), 2
+          WHERE p_drop
+          UNION ALL
+          SELECT pg_catalog.to_regclass(pg_catalog.format('%I.%I', pg_catalog.current_schema(), n.name)), 2 + n.ord
+          FROM pg_catalog.unnest(ARRAY['gateway_envelopes_blob', 'blockchain_messages', 'payers']) WITH ORDINALITY AS n(name, ord)
+          WHERE p_drop) AS t(rel, ord)
+    WHERE t.rel IS NOT NULL
+$$;
+
+-- Whether no other session holds any of those tables right now (partitiond_exclusive_tables), so that the
+-- DDL would get them at once.  partitiond calls this BEFORE key 5, again and again for a short while, to
+-- wait out the queries reading them (a serving node runs them all the time, each for some milliseconds)
+-- instead of taking key 5 and then waiting for them while every insert waits.  The probe takes ACCESS
+-- EXCLUSIVE on each without waiting, and gives them back at once: the locks are taken inside a block whose
+-- error handler rolls them back, so nobody waits for the probe, and it holds nothing when it returns, even
+-- inside a caller's open transaction.  A NULL or negative originator is refused (22023).
+CREATE OR REPLACE FUNCTION partitiond_tables_free(p_oid int, p_drop boolean)
 RETURNS boolean
 LANGUAGE plpgsql
 SET search_path FROM CURRENT
 AS $$
 DECLARE
-    v_l1 regclass;
+    v_rel regclass;
 BEGIN
-    IF p_oid IS NULL OR p_oid < 0 THEN
-        RAISE EXCEPTION 'no such originator: %', p_oid USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    v_l1 := partitiond_l1_child(pg_catalog.format('%I.%I', pg_catalog.current_schema(), 'gateway_envelopes_blob')::regclass, p_oid);
-    IF v_l1 IS NULL THEN
-        RETURN true;
+    IF p_oid IS NULL OR p_oid < 0 OR p_drop IS NULL THEN
+        RAISE EXCEPTION 'no such originator: % (or no such use: %)', p_oid, p_drop
+            USING ERRCODE = 'invalid_parameter_value';
     END IF;
     BEGIN
-        EXECUTE pg_catalog.format('LOCK TABLE ONLY %s IN ACCESS EXCLUSIVE MODE NOWAIT', v_l1);
-        RAISE EXCEPTION 'free' USING ERRCODE = 'PD002';  -- rolls the lock back
+        FOREACH v_rel IN ARRAY COALESCE(partitiond_exclusive_tables(p_oid, p_drop), ARRAY[]::regclass[]) LOOP
+            EXECUTE pg_catalog.format('LOCK TABLE ONLY %s IN ACCESS EXCLUSIVE MODE NOWAIT', v_rel);
+        END LOOP;
+        RAISE EXCEPTION 'free' USING ERRCODE = 'PD002';  -- rolls the locks back
     EXCEPTION
         WHEN lock_not_available THEN
             RETURN false;
@@ -691,7 +711,7 @@ $$;
 -- foreign key into gateway_envelopes_meta with a query planned over EVERY meta partition (about 1 s at
 -- 2,000 partitions, all of it while inserts wait), and PARTITION OF does not validate a new, empty table.
 -- PARTITION OF needs ACCESS EXCLUSIVE on the blob L1, taken WITHOUT waiting: the caller waited before key 5
--- for a moment when no query read it (partitiond_blob_l1_free), so a reader is never queued behind a lock
+-- for a moment when no query read it (partitiond_tables_free), so a reader is never queued behind a lock
 -- request of partitiond's, only behind the DDL itself.  If a query took the L1 meanwhile, the band is
 -- refused with SQLSTATE PD001 before any DDL ran (the caller goes back to waiting, then defers the band
 -- while the originator has runway left), or, with p_allow_slow, the staged blob table is attached after
@@ -806,9 +826,11 @@ $$;
 -- the partitioned gateway_envelopes_meta, which PostgreSQL builds over EVERY meta partition (a constraint
 -- and two triggers each) — 4.5-6 s at 2,000 meta partitions, all of it under key 5, against < 1 ms for
 -- the plain DROP.  Refused, nothing changed: no such band (22023), a band that holds rows or is the
--- originator's highest (55000: xmtpd's pruner keeps the highest band, which inserts may still need).  The
--- caller holds the exclusive side of xmtpd's key 5 with lock_timeout set, as for creating a band
--- (partitiond prune does); returns the two tables dropped.
+-- originator's highest (55000: xmtpd's pruner keeps the highest band, which inserts may still need), or
+-- a table it needs to itself in use by another session right now (55P03, at once: partitiond prune waits
+-- for them to be free before key 5, so a reader never queues behind the drop).  The caller holds the exclusive side of
+-- xmtpd's key 5 with lock_timeout set, as for creating a band (partitiond prune does); returns the two
+-- tables dropped.
 CREATE OR REPLACE FUNCTION partitiond_drop_band(p_oid int, p_start bigint)
 RETURNS text[]
 LANGUAGE plpgsql
@@ -823,6 +845,7 @@ DECLARE
     v_l1s    regclass[] := ARRAY[]::regclass[];
     v_names  text[] := ARRAY[]::text[];
     v_top    bigint;
+    v_rel    regclass;
 BEGIN
     IF p_oid IS NULL OR p_start IS NULL OR p_oid < 0 OR p_start < 0 THEN
         RAISE EXCEPTION 'no such band starting at % of originator %', p_start, p_oid
@@ -850,6 +873,12 @@ BEGIN
         v_l1s := pg_catalog.array_append(v_l1s, v_l1);
         v_leaves := pg_catalog.array_append(v_leaves, v_leaf);
         v_names := pg_catalog.array_append(v_names, v_leaf::text);
+    END LOOP;
+    -- The shared tables the drop needs to itself first, without waiting (the caller waited for them before
+    -- key 5, partitiond_tables_free): a query that took one since refuses the drop at once (55P03), and no
+    -- reader queues behind it.
+    FOREACH v_rel IN ARRAY partitiond_exclusive_tables(p_oid, true) LOOP
+        EXECUTE pg_catalog.format('LOCK TABLE ONLY %s IN ACCESS EXCLUSIVE MODE NOWAIT', v_rel);
     END LOOP;
     FOR i IN 1 .. 2 LOOP
         EXECUTE pg_catalog.format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', v_leaves[i]);

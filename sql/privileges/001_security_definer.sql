@@ -47,7 +47,7 @@ ALTER FUNCTION partitiond_band_exists(integer, bigint, bigint) SECURITY DEFINER;
 ALTER FUNCTION partitiond_preflight(integer, bigint, boolean) SECURITY DEFINER;
 ALTER FUNCTION partitiond_stage_table(integer, bigint, bigint, boolean) SECURITY DEFINER;
 ALTER FUNCTION partitiond_warm(integer, integer) SECURITY DEFINER;
-ALTER FUNCTION partitiond_blob_l1_free(integer) SECURITY DEFINER;
+ALTER FUNCTION partitiond_tables_free(integer, boolean) SECURITY DEFINER;
 ALTER FUNCTION partitiond_attach_staged(integer, bigint, bigint, boolean) SECURITY DEFINER;
 ALTER FUNCTION partitiond_unstage(integer, bigint) SECURITY DEFINER;
 -- Dropping an empty band (partitiond prune) keeps the foreign keys that xmtpd's pruner's CASCADE loses;
