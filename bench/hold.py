@@ -3,7 +3,8 @@
 While a creator holds the exclusive side of xmtpd's key 5, no insert runs, so the time from "lock held" to
 "COMMIT done" is a stall that every writer sees.  For each size (meta partitions already there, which the
 blob foreign key makes every creation touch) and each reader mode, bands are created one at a time, the
-creators taking turns band by band so that machine noise and the slowly growing trees hit them alike:
+creators taking turns band by band, in a new (seeded) order each round, so that machine noise, the slowly
+growing trees and what one creation leaves behind hit them alike:
 
 * ``xmtpd v3``: xmtpd's cold path today, ``ensure_gateway_parts_v3`` under key 5;
 * ``v4 ensure``: the same with ``ensure_gateway_parts_v4``;
@@ -27,9 +28,10 @@ Reader modes, while one xmtpd-protocol writer process inserts all the time:
 
 Reported per size, mode and creator: the key-5 hold (median, p90, max; partitiond's from its executor,
 refused attempts included), bands not created (deferred, or timed out), the longest insert and the
-longest read that overlapped the creator's bands (end to end, so a creator's whole visit counts, plus half
-a second after it: each writer re-plans its cached statements over the changed tree on its next insert),
-and the median hold's ratio to xmtpd's cold path, measured side by side.
+longest read that overlapped the creator's bands (end to end, so a creator's whole visit counts, until the
+writer has finished an insert begun after it: each writer backend re-plans its cached statements over the
+changed tree on its next insert, whoever changed it), and the median hold's ratio to xmtpd's cold path,
+measured side by side.
 
     python bench/hold.py [--originators 4] [--sizes 160,640,2000] [--samples 10] [--readers 2]
                          [--modes none,serving,long reader]
@@ -39,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import random
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -76,9 +79,14 @@ MODES = ("none", "serving", "long reader", "quiet")
 IDLE_WINDOW = 0.05  # seconds: about one creation
 READER_PAUSE = 0.05  # between a reader's queries: each reader keeps about half a core busy
 # After a creation every writer backend re-plans its cached statements over the changed partition tree on
-# its next insert; that stall belongs to the creation, so each window is followed by this pause and extended
-# by it.
+# its next insert; that stall belongs to the creation, so each window lasts until the writer has finished an
+# insert begun after the creation, and the next creation starts at least this long after the last one ended.
 SETTLE = 0.5
+SETTLE_DEADLINE = 60.0  # seconds to wait for that insert before the run is called broken
+# Calls before a load process counts as ready: a new backend's first calls plan its statements, and the
+# writer's foreign-key checks, over the whole tree (one of the writer's first inserts took 0.8 s at 2,000
+# meta partitions, before any creation); none of that is any creator's doing.
+WARM_UP = {"writer": 10, "reader": 4}
 # xmtpd's connections run with statement_timeout = XMTPD_DB_READ_TIMEOUT, 10 s by default; shorter here so
 # that a blocked cold path (a long blob reader makes v3's L1 re-attach wait) does not dominate the run.
 XMTPD_TIMEOUT = "2s"
@@ -100,12 +108,15 @@ ORDER BY m.originator_sequence_id LIMIT 20"""
 @dataclass
 class Creation:
     """One creator's visit: when it started and ended (wall clock), its key-5 holds, and whether the band
-    was left uncreated (partitiond deferred it, or xmtpd's cold path hit its statement timeout)."""
+    was left uncreated (partitiond deferred it, or xmtpd's cold path hit its statement timeout).
+    ``settled`` is when its window closes: the end, or, with a writer, once the writer finished an insert
+    begun after the end (its first insert over the changed tree)."""
 
     start: float
     end: float
     holds: list[float]
     deferred: bool = False
+    settled: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,14 +187,15 @@ def load_process(
     tip: int,
     stop: EventType,
     ready: QueueType[str],
+    progress: Any,
     out: QueueType[Calls],
 ) -> None:
     """``writer``: xmtpd-protocol inserts, again and again into band 0 of originator 1 (ON CONFLICT DO
     NOTHING keeps the table small; the locks are those of any insert).  ``reader``: alternately a blob
     read by key and xmtpd's single-originator page after a cursor, both near ``tip`` (the start of the
-    highest band filled), one originator after the other.  Says ``ready`` once each of its statements ran
-    (a new backend plans them over the whole tree first, which takes up to a second at 2,000 partitions and
-    is nobody's creation), and sends back (wall start, latency) per call.
+    highest band filled), one originator after the other.  Says ``ready`` after its warm-up calls
+    (``WARM_UP``), keeps ``progress`` at the wall start of its last finished call, and sends back
+    (wall start, latency) per call.
 
     Readers plan every query (``prepare_threshold=None``): with server-side prepared statements, each
     reader's cached generic plan covers the whole tree and is rebuilt after *every* partition change,
@@ -204,8 +216,9 @@ def load_process(
             else:
                 conn.execute(CURSOR_QUERY, {"oid": oid, "cursor": tip}).fetchall()
             done.append((began, time.perf_counter() - t))
+            progress.value = began
             i += 1
-            if i == (1 if kind == "writer" else 2):
+            if i == WARM_UP[kind]:
                 ready.put(kind)
             stop.wait(0.01 if kind == "writer" else READER_PAUSE)  # paced: 100 inserts/s, a serving reader
     out.put((kind, done))
@@ -216,12 +229,26 @@ class Load:
     stop: EventType
     ready: QueueType[str]
     out: QueueType[Calls]
+    writer_progress: Any = None  # the writer's multiprocessing Value, when there is a writer
     procs: list[Any] = field(default_factory=list)
+    progress: list[Any] = field(default_factory=list)  # every process's Value, alive while it runs
 
     def wait_ready(self, timeout: float = 120) -> None:
-        """Until every load process ran each of its statements once."""
+        """Until every load process made its warm-up calls."""
         for _ in self.procs:
             self.ready.get(timeout=timeout)
+
+    def settled_after(self, end: float) -> float:
+        """When the writer has finished an insert begun after ``end`` (polled): the wall time then, or
+        ``end`` without a writer."""
+        if self.writer_progress is None:
+            return end
+        deadline = time.monotonic() + SETTLE_DEADLINE
+        while self.writer_progress.value <= end:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the writer did not insert for {SETTLE_DEADLINE:.0f}s after a creation")
+            time.sleep(0.005)  # a poll with a deadline
+        return time.time()
 
     def finish(self) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
         """Stop everything; (the writer's calls, the readers' calls)."""
@@ -237,9 +264,13 @@ def start_load(dsn: str, readers: int, originators: int, tip: int = 0, writer: b
     mp = multiprocessing.get_context("spawn")
     load = Load(mp.Event(), mp.Queue(), mp.Queue())
     for kind in ["writer"] * writer + ["reader"] * readers:
+        progress = mp.Value("d", 0.0)
+        load.progress.append(progress)
+        if kind == "writer":
+            load.writer_progress = progress
         proc = mp.Process(
             target=load_process,
-            args=(dsn, kind, originators, tip, load.stop, load.ready, load.out),
+            args=(dsn, kind, originators, tip, load.stop, load.ready, progress, load.out),
             daemon=True,
         )
         proc.start()
@@ -291,9 +322,9 @@ class Cell:
 
 
 def longest(calls: Sequence[tuple[float, float]], creations: Sequence[Creation]) -> float:
-    """The longest call that overlapped any of the creations."""
+    """The longest call that overlapped any of the creations' windows."""
     return max(
-        (lat for began, lat in calls for c in creations if began < c.end and began + lat > c.start),
+        (lat for began, lat in calls for c in creations if began < c.settled and began + lat > c.start),
         default=0.0,
     )
 
@@ -319,12 +350,15 @@ def measure_mode(
         with psycopg.connect(dsn, autocommit=True) as conn, long_reader(dsn, mode == "long reader"):
             load.wait_ready()
             for sample in range(samples):
-                for turn in range(len(CREATORS)):
-                    creator = CREATORS[(sample + turn) % len(CREATORS)]  # rotate who goes first
+                # A new order each sample (seeded: the same every run), so that no creator always follows
+                # the same one and inherits what that one leaves behind (a writer still re-planning, say).
+                order = random.Random(sample).sample(CREATORS, len(CREATORS))
+                for turn, creator in enumerate(order):
                     oid = originator((sample * len(CREATORS) + turn) % originators + 1)
                     creation = creator.create(conn, dsn, oid, next_band[oid] * WIDTH)
+                    creation.settled = load.settled_after(creation.end)
                     cells[creator.name].creations.append(creation)
-                    time.sleep(SETTLE)  # part of the measured window (see SETTLE), not a synchronisation
+                    time.sleep(max(0.0, creation.end + SETTLE - time.time()))  # pacing, see SETTLE
                     if creation.holds and not creation.deferred:
                         next_band[oid] += 1
     finally:

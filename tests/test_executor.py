@@ -507,8 +507,10 @@ def test_the_held_step_never_waits_for_a_reader_of_the_blob_l1(
         conn.execute("SET lock_timeout = 0")
         conn.execute("SET statement_timeout = '20s'")
         if allow_slow:
-            result = conn.execute(attach, [OID, WIDTH, 2 * WIDTH, True]).fetchone()
-            assert result is not None and (result[0]["status"], result[0]["path"]) == ("created", "attach")
+            row = conn.execute(attach, [OID, WIDTH, 2 * WIDTH, True]).fetchone()
+            assert row is not None
+            result: dict[str, object] = row[0]
+            assert (result["status"], result["path"]) == ("created", "attach")
         else:
             with pytest.raises(psycopg.Error) as refused:
                 conn.execute(attach, [OID, WIDTH, 2 * WIDTH, False])

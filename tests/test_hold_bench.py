@@ -1,4 +1,5 @@
-"""The key-5 hold benchmark (bench/hold.py) at smoke scale: every creator in every mode, nothing timed."""
+"""The key-5 hold benchmark (bench/hold.py) at smoke scale: every creator in the three default modes, nothing
+timed."""
 
 from __future__ import annotations
 
@@ -39,14 +40,16 @@ def test_smoke_run_measures_every_creator_and_a_long_reader_defers(
             "--readers",
             "1",
             "--modes",
-            "none,long reader",
+            "none,serving,long reader",
         ]
     )
     out = capsys.readouterr().out
-    quiet, reading = table(out, "readers: none"), table(out, "readers: long reader")
-    assert set(quiet) == set(reading) == {c.name for c in CREATORS}
+    quiet, serving = table(out, "readers: none"), table(out, "readers: serving")
+    reading = table(out, "readers: long reader")
+    assert set(quiet) == set(serving) == set(reading) == {c.name for c in CREATORS}
     for name in ("partitiond warm", "partitiond cold"):
         assert quiet[name][3] == "0"  # deferred: nothing in the way
+        assert serving[name][3] == "0"  # a reader of the blob L1 at a time is waited out, not deferred
         assert reading[name][3] == "2"  # deferred: every band, rather than validating under key 5
     # xmtpd's v3 cold path re-attaches the blob L1: it waits for the reader holding key 5, until its
     # statement timeout; the v4 ensure finds the L1 by bound and validates the foreign key instead.

@@ -828,9 +828,9 @@ $$;
 -- the plain DROP.  Refused, nothing changed: no such band (22023), a band that holds rows or is the
 -- originator's highest (55000: xmtpd's pruner keeps the highest band, which inserts may still need), or
 -- a table it needs to itself in use by another session right now (55P03, at once: partitiond prune waits
--- for them to be free before key 5, so a reader never queues behind the drop).  The caller holds the exclusive side of
--- xmtpd's key 5 with lock_timeout set, as for creating a band (partitiond prune does); returns the two
--- tables dropped.
+-- for them to be free before key 5, so a reader never queues behind the drop).  The caller holds the
+-- exclusive side of xmtpd's key 5 with lock_timeout set, as for creating a band (partitiond prune does);
+-- returns the two tables dropped.
 CREATE OR REPLACE FUNCTION partitiond_drop_band(p_oid int, p_start bigint)
 RETURNS text[]
 LANGUAGE plpgsql
