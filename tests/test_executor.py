@@ -508,8 +508,7 @@ def test_the_held_step_never_waits_for_a_reader_of_the_blob_l1(
         conn.execute("SET statement_timeout = '20s'")
         if allow_slow:
             row = conn.execute(attach, [OID, WIDTH, 2 * WIDTH, True]).fetchone()
-            assert row is not None
-            result: dict[str, object] = row[0]
+            assert row is not None and isinstance(result := row[0], dict)
             assert (result["status"], result["path"]) == ("created", "attach")
         else:
             with pytest.raises(psycopg.Error) as refused:
