@@ -518,27 +518,3 @@ def test_the_held_step_never_waits_for_a_reader_of_the_blob_l1(
     expected = 2 if allow_slow else 1
     assert len(l2_bounds(conn, "gateway_envelopes_blob", OID)) == expected
     assert len(l2_bounds(conn, "gateway_envelopes_meta", OID)) == expected
-
-
-def index_names(conn: Conn, table: str) -> list[str]:
-    rows = conn.execute(
-        "SELECT indexrelid::regclass::text FROM pg_index WHERE indrelid = %s::regclass ORDER BY 1", [table]
-    ).fetchall()
-    return [str(name) for (name,) in rows]
-
-
-def test_the_staged_meta_indexes_get_the_names_attach_would_give(conn: Conn, db_dsn: str) -> None:
-    """The staged meta table's indexes are built before key 5, named as PostgreSQL names the indexes it
-    builds for a new partition: the band's names, cut to 63 bytes, all start alike, so they carry numbers
-    (idx, idx1, ...).  Dropping the band and letting PostgreSQL build the same band again gives it the
-    very same names."""
-    for start in range(0, 3 * WIDTH, WIDTH):
-        ensure_band(conn, OID, start)
-    assert ensure(db_dsn, 3 * WIDTH).status == "created"
-    ensure_band(conn, OID, 4 * WIDTH)
-    table = f"gateway_envelopes_meta_o{OID}_s{3 * WIDTH}_{4 * WIDTH}"
-    by_partitiond = index_names(conn, table)
-    assert len(by_partitiond) == 4 and sum(name.endswith("_idx3") for name in by_partitiond) == 3
-    conn.execute("SELECT partitiond_drop_band(%s, %s)", [OID, 3 * WIDTH])
-    ensure_band(conn, OID, 3 * WIDTH)
-    assert index_names(conn, table) == by_partitiond

@@ -372,115 +372,6 @@ DROP FUNCTION IF EXISTS partitiond_lock_holders(integer, bigint);
 -- Staged tables are committed, so a crash between 1 and 4 leaves them behind: partitiond_unstage removes
 -- them (the executor after every band, each pass at its start) and `partitiond check` reports them.
 
--- The name PostgreSQL makes from two parts and a label (makeObjectName): "<name1>_<name2>_<label>", the
--- longer part cut first, a byte at a time, until the whole fits in 63 bytes.  For ASCII parts only: the
--- caller checks (PostgreSQL cuts multibyte text at character boundaries).
-CREATE OR REPLACE FUNCTION partitiond_object_name(p_name1 text, p_name2 text, p_label text)
-RETURNS text
-LANGUAGE plpgsql IMMUTABLE
-SET search_path FROM CURRENT
-AS $$
-DECLARE
-    v_n1    int := pg_catalog.octet_length(p_name1);
-    v_n2    int := COALESCE(pg_catalog.octet_length(p_name2), 0);
-    v_avail CONSTANT int := 63 - pg_catalog.octet_length(p_label) - CASE WHEN p_name2 IS NULL THEN 1 ELSE 2 END;
-BEGIN
-    WHILE v_n1 + v_n2 > v_avail LOOP
-        IF v_n1 > v_n2 THEN
-            v_n1 := v_n1 - 1;
-        ELSE
-            v_n2 := v_n2 - 1;
-        END IF;
-    END LOOP;
-    RETURN pg_catalog.concat_ws('_', pg_catalog.left(p_name1, v_n1), pg_catalog.left(p_name2, v_n2), p_label);
-END
-$$;
-
--- The name PostgreSQL would give an index of a new partition named p_table right now (ChooseIndexName and
--- ChooseRelationName): "<table>_pkey" for a primary key, else "<table>_<columns>_idx", cut to 63 bytes, with
--- a number after the label while the name is taken in the schema (partition names cut short share their
--- first bytes, so the bands of one originator number their indexes idx, idx1, idx2, ...).  NULL when the
--- index is not a plain one of simple columns with ASCII names (a unique or exclusion constraint, an
--- expression, a column used twice): ATTACH then builds and names that one itself.
-CREATE OR REPLACE FUNCTION partitiond_index_name(p_index regclass, p_table text)
-RETURNS text
-LANGUAGE plpgsql STABLE
-SET search_path FROM CURRENT
-AS $$
-DECLARE
-    v_ns      CONSTANT oid := partitiond_namespace();
-    v_primary boolean;
-    v_unique  boolean;
-    v_columns text[];
-    v_joined  text := '';
-    v_column  text;
-    v_label   text;
-    v_name    text;
-    v_pass    int := 0;
-BEGIN
-    SELECT i.indisprimary, i.indisunique OR i.indisexclusion,
-           ARRAY(SELECT a.attname::text
-                 FROM pg_catalog.unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
-                 LEFT JOIN pg_catalog.pg_attribute AS a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-                 ORDER BY k.ord)
-      INTO v_primary, v_unique, v_columns
-      FROM pg_catalog.pg_index AS i WHERE i.indexrelid = p_index;
-    IF (v_unique AND NOT v_primary) OR pg_catalog.array_position(v_columns, NULL) IS NOT NULL
-       OR pg_catalog.cardinality(v_columns) <> pg_catalog.cardinality(ARRAY(SELECT DISTINCT pg_catalog.unnest(v_columns)))
-       OR p_table !~ '^[\x01-\x7f]*$' OR pg_catalog.array_to_string(v_columns, '') !~ '^[\x01-\x7f]*$'
-    THEN
-        RETURN NULL;
-    END IF;
-    IF NOT v_primary THEN  -- the column names joined by "_", cut once past 63 bytes (ChooseIndexNameAddition)
-        FOREACH v_column IN ARRAY v_columns LOOP
-            v_joined := pg_catalog.concat_ws('_', NULLIF(v_joined, ''), v_column);
-            EXIT WHEN pg_catalog.octet_length(v_joined) >= 64;
-        END LOOP;
-    END IF;
-    LOOP
-        v_label := CASE WHEN v_primary THEN 'pkey' ELSE 'idx' END || CASE WHEN v_pass > 0 THEN v_pass::text ELSE '' END;
-        v_name := partitiond_object_name(p_table, CASE WHEN v_primary THEN NULL ELSE v_joined END, v_label);
-        EXIT WHEN NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class AS c
-                              WHERE c.relname = v_name::name AND c.relnamespace = v_ns)
-              AND NOT (v_primary AND EXISTS (SELECT 1 FROM pg_catalog.pg_constraint AS k
-                                             WHERE k.conname = v_name::name AND k.connamespace = v_ns));
-        v_pass := v_pass + 1;
-    END LOOP;
-    RETURN v_name;
-END
-$$;
-
--- The staged meta table's indexes, built before key 5 (LIKE ... INCLUDING INDEXES), get the names
--- PostgreSQL would give them if ATTACH built them (partitiond_index_name), in the order ATTACH would: then
--- ATTACH only links them to the L1's indexes, under key 5, instead of building and naming four indexes
--- there (naming alone probes one catalog entry per band of the originator: their names, cut to 63 bytes,
--- all start alike).  An index it cannot name so is dropped, and ATTACH builds it as before.
-CREATE OR REPLACE FUNCTION partitiond_name_staged_indexes(p_staged regclass, p_table text)
-RETURNS void
-LANGUAGE plpgsql
-SET search_path FROM CURRENT
-AS $$
-DECLARE
-    v_index regclass;
-    v_name  text;
-    v_key   name;
-BEGIN
-    FOR v_index IN SELECT i.indexrelid::regclass FROM pg_catalog.pg_index AS i
-                   WHERE i.indrelid = p_staged ORDER BY i.indexrelid
-    LOOP
-        v_name := partitiond_index_name(v_index, p_table);
-        v_key := (SELECT k.conname FROM pg_catalog.pg_constraint AS k WHERE k.conindid = v_index AND k.conrelid = p_staged);
-        IF v_name IS NOT NULL THEN
-            EXECUTE pg_catalog.format('ALTER INDEX %s RENAME TO %I', v_index, v_name);
-        ELSIF v_key IS NOT NULL THEN
-            EXECUTE pg_catalog.format('ALTER TABLE %s DROP CONSTRAINT %I', p_staged, v_key);
-        ELSE
-            EXECUTE pg_catalog.format('DROP INDEX %s', v_index);
-        END IF;
-    END LOOP;
-END
-$$;
-
 -- Step 1.  True when the staged table is ready; false, having created nothing, when the band is not the
 -- plain case (the L1 is missing, a child overlapping the band exists, or the final name is taken): the
 -- caller then runs ensure_gateway_parts_v4 under key 5, which settles every such case.
@@ -510,14 +401,11 @@ BEGIN
     THEN
         RETURN false;
     END IF;
-    -- The meta table with its indexes, named as PostgreSQL would name them (the blob table is only
-    -- attached on the slow path; the fast one creates the blob child with PARTITION OF).
-    EXECUTE pg_catalog.format('CREATE TABLE %I.%I (LIKE %s INCLUDING DEFAULTS INCLUDING CONSTRAINTS%s)',
-                   pg_catalog.current_schema(), v_staged, v_l1, CASE WHEN p_blob THEN '' ELSE ' INCLUDING INDEXES' END);
-    IF NOT p_blob THEN
-        PERFORM partitiond_name_staged_indexes(pg_catalog.format('%I.%I', pg_catalog.current_schema(), v_staged)::regclass,
-                                               partitiond_l2_name(v_tree, p_oid, p_start, p_end));
-    END IF;
+    -- No indexes: ATTACH builds them under the final name, under key 5.  Built here they would need the
+    -- names PostgreSQL gives a partition's indexes, and a name taken outside key 5 races xmtpd's creators
+    -- (which choose theirs under key 5 and cannot see an uncommitted one: 23505 on pg_class).
+    EXECUTE pg_catalog.format('CREATE TABLE %I.%I (LIKE %s INCLUDING DEFAULTS INCLUDING CONSTRAINTS)',
+                   pg_catalog.current_schema(), v_staged, v_l1);
     PERFORM partitiond_own(pg_catalog.format('%I.%I', pg_catalog.current_schema(), v_staged)::regclass, v_l1);
     RETURN true;
 END
