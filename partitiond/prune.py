@@ -176,9 +176,9 @@ def drop(
     conn: Conn, target: Prunable, settings: Settings, sleep: Sleep, rng: random.Random
 ) -> tuple[str, ...]:
     """One attempt at one band in its own transaction; returns the tables dropped.  Raises
-    :class:`~partitiond.executor.Deferred` when the L1s stayed in use, a lock was not free within the
-    budget or the hold timeout struck (the transaction rolled back: nothing changed), the database error
-    otherwise."""
+    :class:`~partitiond.executor.Deferred` when the tables the drop needs stayed in use, a lock was not free
+    within the budget or the hold timeout struck (the transaction rolled back: nothing changed), the
+    database error otherwise."""
     deadline = time.perf_counter() + settings.reader_wait
     if not tables_free_by(conn, settings, target.originator, True, deadline, sleep, rng):
         wait = pg_interval(settings.reader_wait)
